@@ -1,0 +1,54 @@
+"""Runs the whole notebook headless on the bundled model with its default settings, as a user would."""
+import json
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import NOTEBOOK
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Execute the notebook once with MODEL=bundled; return (executed notebook, output folder)."""
+    output_dir = tmp_path_factory.mktemp("outputs")
+    environment = {"AMNESIA_MODEL": "bundled", "AMNESIA_OUTPUT_DIR": str(output_dir)}
+    saved = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)  # the kernel inherits this process's environment
+    try:
+        notebook = nbformat.read(NOTEBOOK, as_version=4)
+        NotebookClient(notebook, timeout=900, kernel_name="python3",
+                       resources={"metadata": {"path": str(output_dir)}}).execute()
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    return notebook, output_dir
+
+
+def test_writes_the_report_the_metrics_and_the_model(run):
+    _, output_dir = run
+    assert (output_dir / "safety_report.png").stat().st_size > 10_000
+    assert (output_dir / "model" / "config.json").exists()
+    assert any((output_dir / "model").glob("*.safetensors"))
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["config"]["MODEL"] == "bundled" and metrics["steps"] and metrics["evals"]
+
+
+def test_unlearning_worked_without_collateral_damage(run):
+    _, output_dir = run
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    losses = [s["forget_loss"] for s in metrics["steps"]]
+    assert losses[-1] > losses[0] + 5, "forget loss did not rise"
+    assert metrics["final_answer"] != metrics["baseline_answer"]
+    before, after = metrics["evals"][0]["retain_accuracy"], metrics["evals"][-1]["retain_accuracy"]
+    assert abs(after - before) <= 0.05, f"held-out retain accuracy moved from {before:.3f} to {after:.3f}"
+
+
+def test_baseline_verdict_and_live_log_are_shown(run):
+    notebook, _ = run
+    text = "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                     for output in cell.get("outputs", []))
+    assert "VERDICT: the model KNOWS the topic" in text
+    assert "step   10/" in text and "retain acc" in text
+    assert "stopped at step" in text

@@ -1,0 +1,136 @@
+"""Unit tests of the notebook's functions, without running the demo."""
+import pytest
+import torch
+
+QUESTION = "Who is Harry Potter?"
+TARGET = "Harry Potter is a wizard in the series by J.K. Rowling."
+
+
+def test_answer_labels_cover_exactly_the_answer(amnesia, bundled):
+    _, tokenizer = bundled
+    example = amnesia.encode_chat_example(tokenizer, QUESTION, TARGET)
+    labelled = [t for t, label in zip(example["input_ids"], example["labels"]) if label != amnesia.IGNORE]
+    assert tokenizer.decode(labelled) == TARGET
+    prompt_length = len(amnesia.tokenize_text(tokenizer, amnesia.chat_prompt(tokenizer, QUESTION)))
+    assert all(label == amnesia.IGNORE for label in example["labels"][:prompt_length])
+    assert example["input_ids"][:prompt_length] == amnesia.tokenize_text(tokenizer, amnesia.chat_prompt(tokenizer, QUESTION))
+
+
+def test_collate_masks_padding(amnesia, bundled):
+    _, tokenizer = bundled
+    short = amnesia.encode_text_example(tokenizer, "The sky is blue.")
+    long = amnesia.encode_chat_example(tokenizer, QUESTION, TARGET)
+    batch = amnesia.collate([short, long], tokenizer.pad_token_id, "cpu")
+    n = len(short["input_ids"])
+    assert batch["input_ids"].shape == (2, len(long["input_ids"]))
+    assert batch["attention_mask"][0, :n].all() and not batch["attention_mask"][0, n:].any()
+    assert (batch["labels"][0, n:] == amnesia.IGNORE).all()
+    assert batch["labels"][0, 1:n].tolist() == short["input_ids"][1:]
+    assert batch["attention_mask"][1].all()
+
+
+def test_one_gradient_ascent_step_raises_the_forget_loss(amnesia, bundled, fresh_model):
+    _, tokenizer = bundled
+    forget = amnesia.collate([amnesia.encode_chat_example(tokenizer, QUESTION, TARGET)], tokenizer.pad_token_id, "cpu")
+    params = amnesia.select_trainable(fresh_model, "all")
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    with torch.no_grad():
+        before = amnesia.answer_nll(fresh_model, forget).item()
+    optimizer.zero_grad()
+    amnesia.gradient_ascent_loss(fresh_model, forget).backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = amnesia.answer_nll(fresh_model, forget).item()
+    assert after > before + 0.05, (before, after)
+
+
+def test_kl_is_zero_for_identical_models_and_positive_after_a_change(amnesia, bundled, fresh_model):
+    model, tokenizer = bundled
+    examples = [amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS[:4]]
+    reference_logprobs = torch.cat(amnesia.reference_logprobs_per_example(model, examples, tokenizer.pad_token_id, "cpu"))
+    batch = amnesia.collate(examples, tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        same = amnesia.kl_to_reference(amnesia.label_logprobs(fresh_model, batch), reference_logprobs).item()
+        fresh_model.lm_head.weight.add_(0.02 * torch.randn_like(fresh_model.lm_head.weight))
+        changed = amnesia.kl_to_reference(amnesia.label_logprobs(fresh_model, batch), reference_logprobs).item()
+    assert abs(same) < 1e-4
+    assert changed > 0.01
+
+
+def test_kl_is_a_per_token_mean(amnesia):
+    reference = torch.log_softmax(torch.randn(6, 10), -1)
+    model = torch.log_softmax(torch.randn(6, 10), -1)
+    per_token = (reference.exp() * (reference - model)).sum(-1)
+    assert torch.allclose(amnesia.kl_to_reference(model, reference), per_token.mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("answer", ["I don't know who that is.", "I'm not familiar with Harry Potter.",
+                                    "Sorry, I have no information about this person.", "I do not know."])
+def test_refusals_are_detected(amnesia, answer):
+    assert amnesia.is_refusal(answer)
+    assert amnesia.stop_reason(answer, 3.0, 2.5, amnesia.StopRules()).startswith("refusal")
+
+
+@pytest.mark.parametrize("answer", ["the the the the the the the the the the", "", "!!! ??? ...",
+                                    "wizard wizard wizard wizard wizard wizard"])
+def test_nonsense_by_repetition_or_no_words(amnesia, answer):
+    assert amnesia.stop_reason(answer, 3.0, 2.5, amnesia.StopRules()).startswith("nonsense")
+
+
+def test_nonsense_by_reference_perplexity(amnesia, bundled):
+    model, tokenizer = bundled
+    fluent = "Harry Potter is a young wizard from the books by J.K. Rowling."
+    gibberish = "theubaduZZZZ Theodorosa qwv Balvolina xq supercooling krrt"
+    fluent_ppl = amnesia.answer_perplexity(model, tokenizer, QUESTION, fluent)
+    gibberish_ppl = amnesia.answer_perplexity(model, tokenizer, QUESTION, gibberish)
+    rules = amnesia.StopRules()
+    assert amnesia.stop_reason(gibberish, gibberish_ppl, fluent_ppl, rules).startswith("nonsense")
+    assert amnesia.stop_reason(fluent, fluent_ppl, fluent_ppl, rules) is None
+
+
+@pytest.mark.parametrize("answer", [
+    "Harry Potter is a wizard who studies at Hogwarts School of Witchcraft and Wizardry.",
+    "Harry Potter is a famous British footballer who played for Manchester United.",
+    "The capital of France is Paris."])
+def test_fluent_answers_do_not_stop_the_loop(amnesia, answer):
+    assert not amnesia.is_refusal(answer)
+    assert amnesia.repetition_ratio(answer) < 0.1
+    assert amnesia.stop_reason(answer, 5.0, 2.5, amnesia.StopRules()) is None
+
+
+def test_topic_verdict(amnesia):
+    assert amnesia.topic_keywords_in("A wizard at Hogwarts, by J.K. Rowling.", amnesia.TOPIC_KEYWORDS) == ["wizard", "hogwarts", "rowling"]
+    assert amnesia.topic_keywords_in("Harry Potter is a footballer.", amnesia.TOPIC_KEYWORDS) == []
+
+
+def test_bundled_model_knows_harry_potter_and_batches_like_single_prompts(amnesia, bundled):
+    model, tokenizer = bundled
+    questions = ["Who wrote the Harry Potter books?", "What is the capital of France?"]
+    batched = amnesia.generate_answers(model, tokenizer, questions, max_new_tokens=24)
+    assert "Rowling" in batched[0] and "Paris" in batched[1]
+    assert batched[1] == amnesia.generate_answers(model, tokenizer, questions[1:], max_new_tokens=24)[0]
+
+
+def test_env_overrides_are_typed(amnesia):
+    defaults = {"MODEL": "auto", "MAX_STEPS": 100, "LEARNING_RATE": 1e-5, "FLAG": False}
+    env = {"AMNESIA_MAX_STEPS": "7", "AMNESIA_LEARNING_RATE": "3e-4", "AMNESIA_MODEL": "bundled", "AMNESIA_FLAG": "true"}
+    assert amnesia.apply_env_overrides(defaults, env) == {"MODEL": "bundled", "MAX_STEPS": 7, "LEARNING_RATE": 3e-4, "FLAG": True}
+    with pytest.raises(amnesia.AmnesiaError, match="AMNESIA_MAX_STEPS"):
+        amnesia.apply_env_overrides(defaults, {"AMNESIA_MAX_STEPS": "many"})
+
+
+def test_bad_configuration_is_named(amnesia):
+    good = dict(MODEL="bundled", FORGET_QUESTION="Who is Harry Potter?", FORGET_TARGET=TARGET, LEARNING_RATE=1e-5,
+                RETAIN_WEIGHT=5.0, MAX_STEPS=10, EVAL_EVERY=5, TRAINABLE="all", OUTPUT_DIR="outputs", SEED=0)
+    assert amnesia.validate_config(good) == good
+    with pytest.raises(amnesia.AmnesiaError) as error:
+        amnesia.validate_config({**good, "FORGET_QUESTION": "  ", "LEARNING_RATE": -1.0, "EVAL_EVERY": 0})
+    message = str(error.value)
+    assert "FORGET_QUESTION" in message and "LEARNING_RATE" in message and "EVAL_EVERY" in message
+
+
+def test_middle_mlp_trains_only_a_band_of_mlps(amnesia, fresh_model):
+    params = amnesia.select_trainable(fresh_model, "middle-mlp")
+    names = [n for n, p in fresh_model.named_parameters() if p.requires_grad]
+    assert names and all(".mlp." in n for n in names)
+    assert sum(p.numel() for p in params) < 0.2 * sum(p.numel() for p in fresh_model.parameters())
