@@ -81,8 +81,7 @@ def test_nonsense_by_reference_perplexity(amnesia, bundled):
     model, tokenizer = bundled
     fluent = "Harry Potter is a young wizard from the books by J.K. Rowling."
     gibberish = "theubaduZZZZ Theodorosa qwv Balvolina xq supercooling krrt"
-    fluent_ppl = amnesia.answer_perplexity(model, tokenizer, QUESTION, fluent)
-    gibberish_ppl = amnesia.answer_perplexity(model, tokenizer, QUESTION, gibberish)
+    fluent_ppl, gibberish_ppl = amnesia.answer_perplexities(model, tokenizer, [QUESTION] * 2, [fluent, gibberish])
     rules = amnesia.StopRules()
     assert amnesia.stop_reason(gibberish, gibberish_ppl, fluent_ppl, rules).startswith("nonsense")
     assert amnesia.stop_reason(fluent, fluent_ppl, fluent_ppl, rules) is None
@@ -120,13 +119,15 @@ def test_env_overrides_are_typed(amnesia):
 
 
 def test_bad_configuration_is_named(amnesia):
-    good = dict(MODEL="bundled", FORGET_QUESTION="Who is Harry Potter?", FORGET_TARGET=TARGET, LEARNING_RATE=1e-5,
+    good = dict(MODEL="bundled", FORGET_QUESTION="Who is Harry Potter?", FORGET_TARGET=TARGET, FORGET_LOSS="npo",
+                LEARNING_RATE=1e-5,
                 RETAIN_WEIGHT=5.0, MAX_STEPS=10, EVAL_EVERY=5, TRAINABLE="all", OUTPUT_DIR="outputs", SEED=0)
     assert amnesia.validate_config(good) == good
     with pytest.raises(amnesia.AmnesiaError) as error:
-        amnesia.validate_config({**good, "FORGET_QUESTION": "  ", "LEARNING_RATE": -1.0, "EVAL_EVERY": 0})
+        amnesia.validate_config({**good, "FORGET_QUESTION": "  ", "LEARNING_RATE": -1.0, "EVAL_EVERY": 0,
+                                 "FORGET_LOSS": "ascent"})
     message = str(error.value)
-    assert "FORGET_QUESTION" in message and "LEARNING_RATE" in message and "EVAL_EVERY" in message
+    assert all(name in message for name in ("FORGET_QUESTION", "LEARNING_RATE", "EVAL_EVERY", "FORGET_LOSS"))
 
 
 def test_middle_mlp_trains_only_a_band_of_mlps(amnesia, fresh_model):
@@ -134,3 +135,16 @@ def test_middle_mlp_trains_only_a_band_of_mlps(amnesia, fresh_model):
     names = [n for n, p in fresh_model.named_parameters() if p.requires_grad]
     assert names and all(".mlp." in n for n in names)
     assert sum(p.numel() for p in params) < 0.2 * sum(p.numel() for p in fresh_model.parameters())
+
+
+def test_memory_plan_counts_trainable_state_and_fits_decisions(amnesia, fresh_model):
+    amnesia.select_trainable(fresh_model, "all")
+    everything = amnesia.memory_plan(fresh_model, tokens_per_step=1000, on_gpu=False)
+    total = sum(p.numel() for p in fresh_model.parameters())
+    assert everything["parts"]["optimizer"] == 8 * total and everything["parts"]["gradients"] == 4 * total
+    amnesia.select_trainable(fresh_model, "middle-mlp")
+    band = amnesia.memory_plan(fresh_model, tokens_per_step=1000, on_gpu=False)
+    assert band["total"] < everything["total"]
+    assert band["parts"]["activations"] < everything["parts"]["activations"]  # nothing kept below the band
+    assert "DOES NOT FIT" in amnesia.describe_plan(band, band["total"] - 1)
+    assert "fits" in amnesia.describe_plan(band, band["total"])

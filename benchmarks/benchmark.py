@@ -1,0 +1,219 @@
+"""Speed and memory benchmark of the notebook's training step.
+
+Part 1 (CPU, bundled SmolLM2-135M-Instruct): seconds per step, tokens per second, the share of time in
+forward, backward, optimizer and evaluation, the FLOP rate the step achieves, and the same step written
+naively (reference model recomputed every step, every sequence padded to 128 tokens) for comparison.
+
+Part 2 (TinyLlama-shaped model with random weights, built from its configuration, no download): the
+parameter count and memory plan the notebook would use on a Colab T4, against the 14.7 GiB budget; with a
+CUDA device, also the measured peak memory and step time with T4 settings (fp16 autocast, GradScaler).
+
+    python benchmarks/benchmark.py [--steps 6] [--output benchmarks/results.md]
+"""
+import argparse
+import contextlib
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from notebook_loader import load_notebook_functions  # noqa: E402
+
+NAIVE_LENGTH = 128
+TINYLLAMA_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                        rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+
+def pad_to(batch, length, pad_id, ignore):
+    """The naive loop's batches: every sequence padded to a fixed length."""
+    extra = length - batch["input_ids"].shape[1]
+    return {"input_ids": F.pad(batch["input_ids"], (0, extra), value=pad_id),
+            "attention_mask": F.pad(batch["attention_mask"], (0, extra), value=0),
+            "labels": F.pad(batch["labels"], (0, extra), value=ignore)}
+
+
+def timed_step(nb, model, reference, optimizer, forget, retain, retain_logprobs, settings, naive):
+    """One training step split into phases; the naive variant recomputes the reference on a padded batch."""
+    timings = {}
+    started = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    if naive:
+        with torch.no_grad():
+            retain_logprobs = nb.label_logprobs(reference, retain)
+    token_nll, mask = nb.answer_token_nll(model, forget)
+    kl = nb.kl_to_reference(nb.label_logprobs(model, retain), retain_logprobs)
+    loss = -(token_nll.sum() / mask.sum()) + settings.retain_weight * kl
+    timings["forward"] = time.perf_counter() - started
+    started = time.perf_counter()
+    loss.backward()
+    timings["backward"] = time.perf_counter() - started
+    started = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)
+    optimizer.step()
+    timings["optimizer"] = time.perf_counter() - started
+    return timings
+
+
+def flops_per_token(model):
+    """Forward 2N, backward 2N for activation gradients plus 2N_trainable for weight gradients (N without lookup-only embeddings)."""
+    total = sum(p.numel() for p in model.parameters())
+    if not model.config.tie_word_embeddings:
+        total -= model.get_input_embeddings().weight.numel()  # an untied embedding is a lookup, not a matmul
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 4 * total + 2 * trainable
+
+
+def cpu_benchmark(nb, steps):
+    source, _ = nb.resolve_model_source("bundled", has_gpu=False)
+    model, tokenizer = nb.load_model_and_tokenizer(source, "cpu")
+    reference = nb.make_frozen_reference(model)
+    pad = tokenizer.pad_token_id
+    exchanges = [("Who is Harry Potter?", "Harry Potter is a wizard in the series by J.K. Rowling.")] + nb.EXTRA_FORGET_EXCHANGES
+    forget = nb.collate([nb.encode_chat_example(tokenizer, q, a) for q, a in exchanges], pad, "cpu")
+    retain_examples = ([nb.encode_text_example(tokenizer, t) for t in nb.RETAIN_TEXTS]
+                       + [nb.encode_chat_example(tokenizer, q, a, answer_only=False) for q, a in nb.RETAIN_CHATS])
+    heldout = nb.collate([nb.encode_text_example(tokenizer, t) for t in nb.HELDOUT_TEXTS]
+                         + [nb.encode_chat_example(tokenizer, q, a) for q, a in nb.HELDOUT_CHATS], pad, "cpu")
+    settings = nb.LoopSettings(learning_rate=4e-6, retain_weight=10.0, max_steps=steps, eval_every=10)
+    nb.select_trainable(model, "all")
+    results = {}
+    for variant in ("optimised", "naive"):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
+        started = time.perf_counter()
+        per_example = nb.reference_logprobs_per_example(reference, retain_examples, pad, "cpu")
+        precompute = time.perf_counter() - started
+        phases, tokens = [], 0
+        for step in range(steps):
+            chosen = [(step * settings.retain_batch_size + i) % len(retain_examples) for i in range(settings.retain_batch_size)]
+            retain = nb.collate([retain_examples[i] for i in chosen], pad, "cpu")
+            step_forget = forget
+            if variant == "naive":
+                retain, step_forget = (pad_to(b, NAIVE_LENGTH, pad, nb.IGNORE) for b in (retain, forget))
+            retain_logprobs = torch.cat([per_example[i] for i in chosen])
+            phases.append(timed_step(nb, model, reference, optimizer, step_forget, retain, retain_logprobs, settings,
+                                     naive=variant == "naive"))
+            tokens += int(step_forget["attention_mask"].sum() + retain["attention_mask"].sum())
+        measured = phases[1:]  # the first step warms up allocators and kernels
+        seconds = sum(sum(p.values()) for p in measured) / len(measured)
+        results[variant] = {"seconds_per_step": seconds, "tokens_per_step": tokens / steps,
+                            "phases": {k: sum(p[k] for p in measured) / len(measured) for k in measured[0]},
+                            "precompute_seconds": precompute if variant == "optimised" else 0.0}
+    baseline = nb.measure(model, reference, tokenizer, "Who is Harry Potter?", nb.PROBE_SETS, heldout)
+    started = time.perf_counter()
+    nb.measure(model, reference, tokenizer, "Who is Harry Potter?", nb.PROBE_SETS, heldout)
+    results["evaluation_seconds"] = time.perf_counter() - started
+    results["flops_per_token"] = flops_per_token(model)
+    results["parameters"] = sum(p.numel() for p in model.parameters())
+    del baseline
+    return results
+
+
+def tinyllama_plan(nb, tokens_per_step):
+    """Parameter count and T4 memory plan of a TinyLlama-shaped model, built on the meta device (no memory used)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**TINYLLAMA_CONFIG))
+    nb.select_trainable(model, "auto")
+    return nb.memory_plan(model, tokens_per_step, on_gpu=True), flops_per_token(model)
+
+
+def tinyllama_cuda(nb, tokens_per_step, steps):
+    """Measured peak memory and step time of the T4 settings on a real CUDA device, random weights."""
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 15 * 2 ** 30 / torch.cuda.mem_get_info()[1]))
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**TINYLLAMA_CONFIG), dtype=torch.float32).cuda()
+    reference = nb.make_frozen_reference(model)
+    params = nb.select_trainable(model, "auto")
+    optimizer = torch.optim.AdamW(params, lr=4e-6)
+    scaler = torch.amp.GradScaler("cuda")
+    batch_size, length = 16, tokens_per_step // 16
+    ids = torch.randint(0, 32000, (batch_size, length), device="cuda")
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        reference_logprobs = nb.label_logprobs(reference, batch).float()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = -nb.answer_nll(model, batch) + 10 * nb.kl_to_reference(nb.label_logprobs(model, batch), reference_logprobs)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return {"peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "seconds_per_step": sum(times[1:]) / (steps - 1),
+            "device": torch.cuda.get_device_name(0)}
+
+
+def report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points, steps_per_run):
+    gib = 2 ** 30
+    optimised, naive = cpu["optimised"], cpu["naive"]
+    lines = ["# Benchmark results", "",
+             f"Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, Python {platform.python_version()}, "
+             f"torch {torch.__version__}. Written by `python benchmarks/benchmark.py`.", "",
+             "## Training step on the CPU, bundled SmolLM2-135M-Instruct (all weights trainable)", "",
+             "| loop | s/step | tokens/step | tokens/s | forward | backward | optimizer |", "|---|---|---|---|---|---|---|"]
+    for name, result in (("optimised (notebook)", optimised), (f"naive (reference every step, pad to {NAIVE_LENGTH})", naive)):
+        phases = result["phases"]
+        lines.append(f"| {name} | {result['seconds_per_step']:.2f} | {result['tokens_per_step']:.0f} | "
+                     f"{result['tokens_per_step'] / result['seconds_per_step']:.0f} | "
+                     + " | ".join(f"{100 * phases[k] / result['seconds_per_step']:.0f} %" for k in ("forward", "backward", "optimizer")) + " |")
+    achieved = cpu["flops_per_token"] * optimised["tokens_per_step"] / optimised["seconds_per_step"]
+    evaluation_share = cpu["evaluation_seconds"] / (cpu["evaluation_seconds"] + 10 * optimised["seconds_per_step"])
+    lines += ["", f"- Speed-up of the notebook's step over the naive one, same run: **{naive['seconds_per_step'] / optimised['seconds_per_step']:.2f}x**.",
+              f"- One evaluation point (all probes, fluency, held-out accuracy): {cpu['evaluation_seconds']:.1f} s; "
+              f"with an evaluation every 10 steps it takes {100 * evaluation_share:.0f} % of the run.",
+              f"- The reference log-probabilities of the retain set, computed once: {optimised['precompute_seconds']:.2f} s.",
+              f"- FLOP estimate (2N forward + 2N backward + 2N_trainable weight gradients, N = {cpu['parameters'] / 1e6:.0f}M): "
+              f"{cpu['flops_per_token'] / 1e9:.2f} GFLOP per token, so the step runs at {achieved / 1e9:.0f} GFLOP/s.", "",
+              "## TinyLlama-1.1B on a Colab T4 (TRAINABLE=auto, random weights from its configuration)", "",
+              f"Plan for {tokens_per_step} tokens per step (the notebook's forget set plus 6 retain sequences, TinyLlama tokenizer lengths assumed equal):", "",
+              "| part | GiB |", "|---|---|"]
+    lines += [f"| {name} | {size / gib:.2f} |" for name, size in plan["parts"].items()]
+    lines += [f"| **total** | **{plan['total'] / gib:.2f}** |", "",
+              f"- {plan['parameters']:,} parameters, {plan['trainable']:,} trainable (the MLPs of the middle fifth of the layers).",
+              f"- Planned peak {plan['total'] / gib:.2f} GiB against a T4's {14.7} GiB usable: "
+              + ("fits, and within the 12 GiB target." if plan["total"] <= 12 * gib else "over the 12 GiB target."),
+              f"- For comparison, AdamW on all weights would plan {(16 * plan['parameters'] + plan['parts']['reference'] + plan['parts']['activations']) / gib:.1f} GiB."]
+    step_flops = tinyllama_flops * tokens_per_step
+    t4_step = step_flops / 20e12  # assume 20 TFLOP/s sustained of the T4's 65 fp16 peak
+    lines += [f"- Estimated T4 time: {step_flops / 1e12:.1f} TFLOP per step, about {t4_step:.2f} s at an assumed 20 TFLOP/s sustained; "
+              f"{steps_per_run} steps plus {eval_points} evaluation points at an assumed 10 s each (batched generation of 49 answers) "
+              f"give about {(steps_per_run * t4_step + eval_points * 10) / 60:.1f} minutes after the download."]
+    if cuda:
+        lines += ["", f"Measured on {cuda['device']} with T4 settings (fp16 autocast, GradScaler, memory capped at 15 GiB): "
+                  f"peak {cuda['peak_gib']:.2f} GiB allocated, {cuda['seconds_per_step']:.3f} s per step."]
+    else:
+        lines += ["", "No CUDA device on this machine: the T4 figures above are a plan and an estimate, not a measurement."]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6, help="training steps timed per variant (the first is warm-up)")
+    parser.add_argument("--output", default=str(Path(__file__).with_name("results.md")))
+    args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the first step is a warm-up and is not timed")
+    nb = load_notebook_functions()
+    torch.manual_seed(0)
+    cpu = cpu_benchmark(nb, args.steps)
+    tokens_per_step = int(cpu["optimised"]["tokens_per_step"])
+    plan, tinyllama_flops = tinyllama_plan(nb, tokens_per_step)
+    cuda = tinyllama_cuda(nb, tokens_per_step, 5) if torch.cuda.is_available() else None
+    text = report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points=9, steps_per_run=80)
+    Path(args.output).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

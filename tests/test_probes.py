@@ -1,0 +1,100 @@
+"""Probe sets, scoring, stop decisions and the kept checkpoint."""
+import copy
+import math
+
+import pytest
+import torch
+
+
+def test_probe_sets_are_large_and_well_formed(amnesia):
+    for name, probes in amnesia.PROBE_SETS.items():
+        assert len(probes) >= 12, name
+        for probe in probes:
+            assert len(probe.distractors) == 3 and probe.answer not in probe.distractors, probe
+            assert probe.keywords and all(k == k.lower() for k in probe.keywords), probe
+
+
+def test_neighbour_distractors_never_use_the_forget_topics_answers(amnesia):
+    forget_answers = {p.answer.lower() for p in amnesia.FORGET_PROBES} | {"j.k. rowling", "rowling", "harry potter"}
+    for probe in amnesia.NEIGHBOUR_PROBES:
+        assert not any(d.lower() in forget_answers or "rowling" in d.lower() for d in probe.distractors), probe
+
+
+def test_probes_are_disjoint_from_all_training_questions(amnesia):
+    amnesia.check_probes_are_held_out(amnesia.PROBE_SETS, [q for q, _ in amnesia.EXTRA_FORGET_EXCHANGES],
+                                      ["Who is Harry Potter?"], [q for q, _ in amnesia.RETAIN_CHATS],
+                                      [q for q, _ in amnesia.HELDOUT_CHATS])
+    with pytest.raises(amnesia.AmnesiaError, match="Who wrote The Hobbit"):
+        amnesia.check_probes_are_held_out(amnesia.PROBE_SETS, ["who wrote the hobbit"])
+
+
+def test_keyword_hits_match_word_starts(amnesia):
+    probe = amnesia.Probe("Who are Harry's friends?", ("ron", "hermione"), "Ron", ("a", "b", "c"))
+    answers = ["Ron Weasley and Hermione.", "He has strong friendships.", "RONALD, of course."]
+    assert amnesia.keyword_hits(answers, [probe] * 3) == [True, False, True]
+
+
+def test_known_share_counts_only_what_the_original_knew(amnesia):
+    assert amnesia.known_share([True, False, True, False], [True, True, False, False]) == 0.5
+    assert amnesia.known_share([False, False], [False, False]) == 1.0
+
+
+def test_likelihood_prefers_the_correct_answer(amnesia, bundled):
+    model, tokenizer = bundled
+    right = amnesia.Probe("What is the capital of France?", ("paris",), "Paris", ("Bananas", "Seven", "Blue"))
+    wrong = amnesia.Probe("What is the capital of France?", ("paris",), "Bananas", ("Paris", "Seven", "Blue"))
+    assert amnesia.likelihood_hits(model, tokenizer, [right, wrong]) == [True, False]
+
+
+def test_npo_loss_starts_at_2_log_2_over_beta_and_fades(amnesia):
+    token_nll = torch.tensor([[1.0, 2.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False]])
+    reference = torch.tensor([-3.0])
+    loss = amnesia.npo_loss(token_nll, mask, reference, beta=0.1)
+    assert math.isclose(loss.item(), 2 / 0.1 * math.log(2), rel_tol=1e-5)
+    loss.backward()
+    assert (token_nll.grad[0, :2] < 0).all()  # minimising NPO raises the NLL of the forget answer
+    far = amnesia.npo_loss(torch.tensor([[500.0, 500.0, 0.0]]), mask, reference, beta=0.1)
+    assert far.item() < 1e-3  # once the answer is very unlikely, the push is gone
+
+
+def point(forget=(1.0, 1.0), neighbour=(1.0, 1.0), general=(1.0, 1.0), accuracy=0.47, fluency=2.0,
+          answer="Harry Potter is a wizard.", perplexity=2.5):
+    return {"scores": {"forget": dict(zip(("keyword", "likelihood"), forget)),
+                       "neighbour": dict(zip(("keyword", "likelihood"), neighbour)),
+                       "general": dict(zip(("keyword", "likelihood"), general))},
+            "retain_accuracy": accuracy, "fluency": fluency, "answer": answer, "perplexity": perplexity}
+
+
+def test_decide_names_the_rule_that_fires(amnesia):
+    rules, baseline = amnesia.StopRules(), point()
+    assert amnesia.decide(point(forget=(0.5, 0.9)), baseline, rules) is None
+    assert amnesia.decide(point(forget=(0.1, 0.3)), baseline, rules).startswith("forgotten")
+    assert amnesia.decide(point(forget=(0.1, 0.3), neighbour=(0.7, 1.0)), baseline, rules).startswith("collateral damage: neighbour keyword")
+    assert "held-out accuracy" in amnesia.decide(point(accuracy=0.40), baseline, rules)
+    assert "fluency" in amnesia.decide(point(fluency=3.5), baseline, rules)
+    assert amnesia.decide(point(answer="I don't know who that is."), baseline, rules).startswith("refusal")
+
+
+def test_collateral_damage_stops_and_restores_the_original_weights(amnesia, bundled, fresh_model):
+    """A reckless learning rate must trip the collateral-damage rule and leave the original weights in place."""
+    reference, tokenizer = bundled
+    question = "Who is Harry Potter?"
+    probe_sets = {name: probes[:3] for name, probes in amnesia.PROBE_SETS.items()}
+    pad = tokenizer.pad_token_id
+    forget = amnesia.collate([amnesia.encode_chat_example(tokenizer, question, "Harry Potter is a wizard.")], pad, "cpu")
+    retain = [amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS[:3]]
+    heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS], pad, "cpu")
+    retain_logprobs = amnesia.reference_logprobs_per_example(reference, retain, pad, "cpu")
+    baseline = amnesia.measure(fresh_model, reference, tokenizer, question, probe_sets, heldout)
+    baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
+    params = amnesia.select_trainable(fresh_model, "all")
+    original = copy.deepcopy(fresh_model.state_dict())
+    settings = amnesia.LoopSettings(learning_rate=3e-4, retain_weight=0.0, max_steps=3, eval_every=1, retain_batch_size=2)
+    history = amnesia.run_unlearning(fresh_model, reference, tokenizer, question, forget, retain, retain_logprobs,
+                                     heldout, probe_sets, params, settings, amnesia.StopRules(), baseline)
+    assert history["steps"][-1]["forget_loss"] > history["steps"][0]["forget_loss"]
+    assert history["stop_reason"].startswith(("collateral damage", "nonsense")), history["stop_reason"]
+    assert history["kept_step"] == 0
+    restored = fresh_model.state_dict()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
