@@ -74,7 +74,8 @@ def cpu_benchmark(nb, steps):
     model, tokenizer = nb.load_model_and_tokenizer(source, "cpu")
     reference = nb.make_frozen_reference(model)
     pad = tokenizer.pad_token_id
-    exchanges = [("Who is Harry Potter?", "Harry Potter is a wizard in the series by J.K. Rowling.")] + nb.EXTRA_FORGET_EXCHANGES
+    topic = nb.HARRY_POTTER
+    exchanges = [(topic.question, topic.target)] + list(topic.extra_forget)
     forget = nb.collate([nb.encode_chat_example(tokenizer, q, a) for q, a in exchanges], pad, "cpu")
     retain_examples = ([nb.encode_text_example(tokenizer, t) for t in nb.RETAIN_TEXTS]
                        + [nb.encode_chat_example(tokenizer, q, a, answer_only=False) for q, a in nb.RETAIN_CHATS])
@@ -104,13 +105,12 @@ def cpu_benchmark(nb, steps):
         results[variant] = {"seconds_per_step": seconds, "tokens_per_step": tokens / steps,
                             "phases": {k: sum(p[k] for p in measured) / len(measured) for k in measured[0]},
                             "precompute_seconds": precompute if variant == "optimised" else 0.0}
-    baseline = nb.measure(model, reference, tokenizer, "Who is Harry Potter?", nb.PROBE_SETS, heldout)
+    nb.measure(model, reference, tokenizer, topic.question, nb.probe_sets_for(topic), heldout)  # warm-up
     started = time.perf_counter()
-    nb.measure(model, reference, tokenizer, "Who is Harry Potter?", nb.PROBE_SETS, heldout)
+    nb.measure(model, reference, tokenizer, topic.question, nb.probe_sets_for(topic), heldout)
     results["evaluation_seconds"] = time.perf_counter() - started
     results["flops_per_token"] = flops_per_token(model)
     results["parameters"] = sum(p.numel() for p in model.parameters())
-    del baseline
     return results
 
 

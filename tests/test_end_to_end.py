@@ -69,3 +69,16 @@ def test_baseline_verdict_and_live_log_are_shown(run):
     assert "step   10/" in text and "retain acc" in text and "answer:" in text
     assert "stopped at step" in text and "kept the weights of step" in text
     assert "--- neighbour probes" in text  # the before/after table
+
+
+def test_ablation_without_kl_damages_what_the_main_run_keeps(run):
+    """Measured on the bundled model, same 30 steps: without KL general keyword 33 % and held-out accuracy 38.7 %,
+    with KL 100 % and 43.8 %."""
+    _, output_dir = run
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert (output_dir / "ablation.png").stat().st_size > 10_000
+    ablation, main = metrics["ablation"]["after"], metrics["scores_after"]
+    assert metrics["ablation"]["steps"] == metrics["steps"][-1]["step"]
+    damage = sum(main[name]["keyword"] - ablation["scores"][name]["keyword"] for name in ("neighbour", "general"))
+    assert damage >= 0.4, (main, ablation["scores"])
+    assert ablation["retain_accuracy"] < metrics["retain_accuracy_after"] - 0.02

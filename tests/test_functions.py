@@ -98,8 +98,8 @@ def test_fluent_answers_do_not_stop_the_loop(amnesia, answer):
 
 
 def test_topic_verdict(amnesia):
-    assert amnesia.topic_keywords_in("A wizard at Hogwarts, by J.K. Rowling.", amnesia.TOPIC_KEYWORDS) == ["wizard", "hogwarts", "rowling"]
-    assert amnesia.topic_keywords_in("Harry Potter is a footballer.", amnesia.TOPIC_KEYWORDS) == []
+    assert amnesia.topic_keywords_in("A wizard at Hogwarts, by J.K. Rowling.", amnesia.HARRY_POTTER.keywords) == ["wizard", "hogwarts", "rowling"]
+    assert amnesia.topic_keywords_in("Harry Potter is a footballer.", amnesia.HARRY_POTTER.keywords) == []
 
 
 def test_bundled_model_knows_harry_potter_and_batches_like_single_prompts(amnesia, bundled):
@@ -119,7 +119,7 @@ def test_env_overrides_are_typed(amnesia):
 
 
 def test_bad_configuration_is_named(amnesia):
-    good = dict(MODEL="bundled", FORGET_QUESTION="Who is Harry Potter?", FORGET_TARGET=TARGET, FORGET_LOSS="npo",
+    good = dict(MODEL="bundled", TOPIC="Harry Potter", FORGET_QUESTION="Who is Harry Potter?", FORGET_TARGET=TARGET, FORGET_LOSS="npo",
                 LEARNING_RATE=1e-5,
                 RETAIN_WEIGHT=5.0, MAX_STEPS=10, EVAL_EVERY=5, TRAINABLE="all", OUTPUT_DIR="outputs", SEED=0)
     assert amnesia.validate_config(good) == good
@@ -148,3 +148,24 @@ def test_memory_plan_counts_trainable_state_and_fits_decisions(amnesia, fresh_mo
     assert band["parts"]["activations"] < everything["parts"]["activations"]  # nothing kept below the band
     assert "DOES NOT FIT" in amnesia.describe_plan(band, band["total"] - 1)
     assert "fits" in amnesia.describe_plan(band, band["total"])
+
+
+def test_ask_both_models_as_a_function_and_as_a_widget(amnesia, bundled, fresh_model):
+    model, tokenizer = bundled
+    models = {"original": model, "unlearned": fresh_model}
+    replies = amnesia.compare_answers(models, tokenizer, "What is the capital of France?", max_new_tokens=12)
+    assert set(replies) == {"original", "unlearned"} and all("Paris" in reply for reply in replies.values())
+    with pytest.raises(amnesia.AmnesiaError, match="Type a question"):
+        amnesia.compare_answers(models, tokenizer, "   ")
+    box = amnesia.comparison_widget(models, tokenizer, "What is the capital of France?")
+    (text, button), panel = box.children[0].children, box.children[1]
+    button.click()  # what a click in the front end does
+    assert "<b>original:</b>" in panel.value and "<b>unlearned:</b>" in panel.value and "Paris" in panel.value
+    text.value = " "
+    button.click()
+    assert "Type a question" in panel.value
+
+
+def test_drive_export_outside_colab_says_where_the_results_are(amnesia, tmp_path):
+    with pytest.raises(amnesia.AmnesiaError, match=str(tmp_path)):
+        amnesia.export_to_drive(tmp_path, in_colab=False)

@@ -1,31 +1,52 @@
 """Probe sets, scoring, stop decisions and the kept checkpoint."""
 import copy
 import math
+import re
 
 import pytest
 import torch
 
 
-def test_probe_sets_are_large_and_well_formed(amnesia):
-    for name, probes in amnesia.PROBE_SETS.items():
-        assert len(probes) >= 12, name
+@pytest.mark.parametrize("name", ["Harry Potter", "The Beatles"])
+def test_probe_sets_are_large_and_well_formed(amnesia, name):
+    for set_name, probes in amnesia.probe_sets_for(amnesia.TOPIC_PRESETS[name]).items():
+        assert len(probes) >= 12, set_name
         for probe in probes:
             assert len(probe.distractors) == 3 and probe.answer not in probe.distractors, probe
             assert probe.keywords and all(k == k.lower() for k in probe.keywords), probe
 
 
-def test_neighbour_distractors_never_use_the_forget_topics_answers(amnesia):
-    forget_answers = {p.answer.lower() for p in amnesia.FORGET_PROBES} | {"j.k. rowling", "rowling", "harry potter"}
-    for probe in amnesia.NEIGHBOUR_PROBES:
-        assert not any(d.lower() in forget_answers or "rowling" in d.lower() for d in probe.distractors), probe
+@pytest.mark.parametrize("name", ["Harry Potter", "The Beatles"])
+def test_neighbour_distractors_never_use_the_forget_topics_answers(amnesia, name):
+    topic = amnesia.TOPIC_PRESETS[name]
+    forget_answers = {p.answer.lower() for p in topic.forget_probes}
+    words = lambda text: {w.rstrip(".") for w in re.findall(r"[\w.']+", text)}
+    proper_nouns = {w for w in words(topic.target) if w[0].isupper()} - {"The", "English"}
+    for probe in topic.neighbour_probes:
+        for distractor in probe.distractors:
+            assert distractor.lower() not in forget_answers, (probe, distractor)
+            assert not proper_nouns & words(distractor), (probe, distractor)
 
 
-def test_probes_are_disjoint_from_all_training_questions(amnesia):
-    amnesia.check_probes_are_held_out(amnesia.PROBE_SETS, [q for q, _ in amnesia.EXTRA_FORGET_EXCHANGES],
-                                      ["Who is Harry Potter?"], [q for q, _ in amnesia.RETAIN_CHATS],
-                                      [q for q, _ in amnesia.HELDOUT_CHATS])
-    with pytest.raises(amnesia.AmnesiaError, match="Who wrote The Hobbit"):
-        amnesia.check_probes_are_held_out(amnesia.PROBE_SETS, ["who wrote the hobbit"])
+@pytest.mark.parametrize("name", ["Harry Potter", "The Beatles"])
+def test_probes_are_disjoint_from_all_training_questions(amnesia, name):
+    topic = amnesia.TOPIC_PRESETS[name]
+    probe_sets = amnesia.probe_sets_for(topic)
+    amnesia.check_probes_are_held_out(probe_sets, [topic.question], [q for q, _ in topic.extra_forget],
+                                      [q for q, _ in amnesia.RETAIN_CHATS], [q for q, _ in amnesia.HELDOUT_CHATS])
+    clash = probe_sets["neighbour"][0].question.lower()
+    with pytest.raises(amnesia.AmnesiaError, match="reword"):
+        amnesia.check_probes_are_held_out(probe_sets, [clash])
+
+
+def test_custom_topic_uses_the_form_strings(amnesia):
+    topic = amnesia.resolve_topic("custom", "Who is Sherlock Holmes?", "Sherlock Holmes is a detective in London.",
+                                  amnesia.TOPIC_PRESETS)
+    assert topic.question == "Who is Sherlock Holmes?" and topic.extra_forget == () and topic.forget_probes == ()
+    assert "detective" in topic.keywords and "sherlock" not in topic.keywords
+    assert amnesia.resolve_topic("The Beatles", "q", "t", amnesia.TOPIC_PRESETS) is amnesia.THE_BEATLES
+    with pytest.raises(amnesia.AmnesiaError, match="not a preset"):
+        amnesia.resolve_topic("Star Wars", "q", "t", amnesia.TOPIC_PRESETS)
 
 
 def test_keyword_hits_match_word_starts(amnesia):
@@ -80,7 +101,7 @@ def test_collateral_damage_stops_and_restores_the_original_weights(amnesia, bund
     """A reckless learning rate must trip the collateral-damage rule and leave the original weights in place."""
     reference, tokenizer = bundled
     question = "Who is Harry Potter?"
-    probe_sets = {name: probes[:3] for name, probes in amnesia.PROBE_SETS.items()}
+    probe_sets = {name: probes[:3] for name, probes in amnesia.probe_sets_for(amnesia.HARRY_POTTER).items()}
     pad = tokenizer.pad_token_id
     forget = amnesia.collate([amnesia.encode_chat_example(tokenizer, question, "Harry Potter is a wizard.")], pad, "cpu")
     retain = [amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS[:3]]

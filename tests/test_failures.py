@@ -1,0 +1,138 @@
+"""Bad input and failures: each gives a plain message (AmnesiaError) or a clean stop, and nothing is lost."""
+import copy
+import os
+
+import pytest
+import torch
+import transformers
+
+QUESTION = "Who is Harry Potter?"
+
+
+@pytest.fixture
+def tiny_run(amnesia, bundled):
+    """Everything run_unlearning needs, on small probe sets and a short retain set."""
+    reference, tokenizer = bundled
+    pad = tokenizer.pad_token_id
+    probe_sets = {name: probes[:2] for name, probes in amnesia.probe_sets_for(amnesia.HARRY_POTTER).items()}
+    forget = amnesia.collate([amnesia.encode_chat_example(tokenizer, QUESTION, "Harry Potter is a wizard.")], pad, "cpu")
+    retain = [amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS[:3]]
+    heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS[:3]], pad, "cpu")
+    retain_logprobs = amnesia.reference_logprobs_per_example(reference, retain, pad, "cpu")
+    baseline = amnesia.measure(reference, reference, tokenizer, QUESTION, probe_sets, heldout)
+    baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
+
+    def run(model, steps=2, learning_rate=1e-5, rules=amnesia.StopRules()):
+        settings = amnesia.LoopSettings(learning_rate=learning_rate, retain_weight=1.0, max_steps=steps, eval_every=10,
+                                        retain_batch_size=2)
+        return amnesia.run_unlearning(model, reference, tokenizer, QUESTION, forget, retain, retain_logprobs, heldout,
+                                      probe_sets, amnesia.select_trainable(model, "all"), settings, rules, baseline)
+    return run
+
+
+def test_target_longer_than_the_context_is_refused(amnesia, bundled):
+    _, tokenizer = bundled
+    example = amnesia.encode_chat_example(tokenizer, QUESTION, "Harry Potter is a wizard. " * 400)
+    with pytest.raises(amnesia.AmnesiaError, match="shorten FORGET_TARGET"):
+        amnesia.check_fits_context([example], 2048)
+    amnesia.check_fits_context([amnesia.encode_chat_example(tokenizer, QUESTION, "A wizard.")], 2048)
+
+
+def test_unreachable_model_id_and_non_model_folder(amnesia, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(amnesia.AmnesiaError, match="Could not load the model 'no-such-org/no-such-model'"):
+        amnesia.load_model_and_tokenizer("no-such-org/no-such-model", "cpu")
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(amnesia.AmnesiaError, match="use MODEL='bundled'"):
+        amnesia.load_model_and_tokenizer(str(tmp_path), "cpu")
+
+
+def test_model_without_chat_template_falls_back_to_a_plain_prompt(amnesia, bundled):
+    _, tokenizer = bundled
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    assert amnesia.chat_prompt(plain, QUESTION) == f"Question: {QUESTION}\nAnswer:"
+    example = amnesia.encode_chat_example(plain, QUESTION, " A wizard.")
+    labelled = [t for t, label in zip(example["input_ids"], example["labels"]) if label != amnesia.IGNORE]
+    assert plain.decode(labelled) == " A wizard."
+
+
+def test_unknown_topic_stops_unless_told_to_continue(amnesia):
+    assert amnesia.verdict(["wizard"], False).startswith("VERDICT: the model KNOWS")
+    with pytest.raises(amnesia.AmnesiaError, match="CONTINUE_IF_UNKNOWN"):
+        amnesia.verdict([], False)
+    assert "continuing" in amnesia.verdict([], True)
+
+
+@pytest.mark.parametrize("name, value", [("LEARNING_RATE", "fast"), ("MAX_STEPS", "1.5"), ("RETAIN_WEIGHT", "-"),
+                                         ("EVAL_EVERY", "ten")])
+def test_non_numeric_overrides_are_named(amnesia, name, value):
+    defaults = {"LEARNING_RATE": 1e-5, "MAX_STEPS": 80, "RETAIN_WEIGHT": 10.0, "EVAL_EVERY": 10}
+    with pytest.raises(amnesia.AmnesiaError, match=f"AMNESIA_{name}"):
+        amnesia.apply_env_overrides(defaults, {f"AMNESIA_{name}": value})
+
+
+@pytest.mark.parametrize("name, value", [("LEARNING_RATE", 0.0), ("LEARNING_RATE", 5.0), ("MAX_STEPS", 0),
+                                         ("RETAIN_WEIGHT", -1.0), ("EVAL_EVERY", 0), ("LEARNING_RATE", float("nan"))])
+def test_out_of_range_settings_are_named(amnesia, name, value):
+    config = dict(MODEL="bundled", TOPIC="Harry Potter", FORGET_QUESTION=QUESTION, FORGET_TARGET="A wizard.",
+                  FORGET_LOSS="gradient_ascent", LEARNING_RATE=1e-5, RETAIN_WEIGHT=10.0, MAX_STEPS=80, EVAL_EVERY=10,
+                  TRAINABLE="auto", OUTPUT_DIR="outputs")
+    with pytest.raises(amnesia.AmnesiaError, match=name):
+        amnesia.validate_config({**config, name: value})
+
+
+def test_no_gpu_falls_back_to_the_bundled_model_and_says_how_long(amnesia):
+    source, note = amnesia.resolve_model_source("auto", has_gpu=False)
+    assert os.path.isdir(source) and "No GPU" in note and "minutes" in note
+
+
+def test_nan_loss_stops_without_applying_the_update(amnesia, fresh_model, tiny_run):
+    with torch.no_grad():
+        fresh_model.get_input_embeddings().weight[0, 0] = float("nan")  # every logit row now has a NaN
+    before = copy.deepcopy(fresh_model.state_dict())
+    history = tiny_run(fresh_model)
+    assert "nan" in history["stop_reason"] and history["steps"] == []
+    after = fresh_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)
+
+
+@pytest.mark.parametrize("error, reason", [(KeyboardInterrupt, "interrupted"), (torch.cuda.OutOfMemoryError, "out of GPU memory")])
+def test_interrupt_and_out_of_memory_keep_the_history(amnesia, fresh_model, tiny_run, monkeypatch, error, reason):
+    real_step, calls = amnesia.training_step, []
+
+    def failing_second_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise error()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(amnesia, "training_step", failing_second_step)
+    history = tiny_run(fresh_model, steps=4)
+    assert history["stop_reason"].startswith(reason) and history["stop_step"] == 1
+    assert [s["step"] for s in history["steps"]] == [1]
+    assert history["kept_step"] == 0  # no evaluation point beat the original before the stop
+
+
+def test_unwritable_output_folder_keeps_results_in_memory(amnesia, bundled, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, tokenizer = bundled
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    metrics = {"answer": "kept"}
+    with pytest.raises(amnesia.AmnesiaError, match="still in memory"):
+        amnesia.save_results(blocker / "outputs", {"safety_report.png": plt.figure()}, metrics, model, tokenizer)
+    assert metrics == {"answer": "kept"}
+
+
+def test_same_seed_gives_the_same_numbers_twice(bundled, tiny_run):
+    model, _ = bundled
+    runs = []
+    for _ in range(2):
+        transformers.set_seed(0)
+        history = tiny_run(copy.deepcopy(model), steps=2, rules=None)
+        runs.append([(s["forget_loss"], s["kl"]) for s in history["steps"]])
+    assert runs[0] == runs[1] and len(runs[0]) == 2
