@@ -154,7 +154,7 @@ def tinyllama_cuda(nb, tokens_per_step, steps):
             "device": torch.cuda.get_device_name(0)}
 
 
-def report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points, steps_per_run):
+def report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points, steps_per_run, t4_usable_gib):
     gib = 2 ** 30
     optimised, naive = cpu["optimised"], cpu["naive"]
     lines = ["# Benchmark results", "",
@@ -181,13 +181,13 @@ def report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points, steps
     lines += [f"| {name} | {size / gib:.2f} |" for name, size in plan["parts"].items()]
     lines += [f"| **total** | **{plan['total'] / gib:.2f}** |", "",
               f"- {plan['parameters']:,} parameters, {plan['trainable']:,} trainable (the MLPs of the middle fifth of the layers).",
-              f"- Planned peak {plan['total'] / gib:.2f} GiB against a T4's {14.7} GiB usable: "
+              f"- Planned peak {plan['total'] / gib:.2f} GiB against a T4's {t4_usable_gib} GiB usable: "
               + ("fits, and within the 12 GiB target." if plan["total"] <= 12 * gib else "over the 12 GiB target."),
               f"- For comparison, AdamW on all weights would plan {(16 * plan['parameters'] + plan['parts']['reference'] + plan['parts']['activations']) / gib:.1f} GiB."]
     step_flops = tinyllama_flops * tokens_per_step
     t4_step = step_flops / 20e12  # assume 20 TFLOP/s sustained of the T4's 65 fp16 peak
     lines += [f"- Estimated T4 time: {step_flops / 1e12:.1f} TFLOP per step, about {t4_step:.2f} s at an assumed 20 TFLOP/s sustained; "
-              f"{steps_per_run} steps plus {eval_points} evaluation points at an assumed 10 s each (batched generation of 49 answers) "
+              f"{steps_per_run} steps plus {eval_points} evaluation points (the main run and the ablation, at most 80 steps each) at an assumed 10 s each (batched generation of 49 answers) "
               f"give about {(steps_per_run * t4_step + eval_points * 10) / 60:.1f} minutes after the download."]
     if cuda:
         lines += ["", f"Measured on {cuda['device']} with T4 settings (fp16 autocast, GradScaler, memory capped at 15 GiB): "
@@ -210,7 +210,8 @@ def main():
     tokens_per_step = int(cpu["optimised"]["tokens_per_step"])
     plan, tinyllama_flops = tinyllama_plan(nb, tokens_per_step)
     cuda = tinyllama_cuda(nb, tokens_per_step, 5) if torch.cuda.is_available() else None
-    text = report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points=9, steps_per_run=80)
+    text = report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points=17, steps_per_run=160,
+                  t4_usable_gib=nb.T4_USABLE_GIB)
     Path(args.output).write_text(text)
     print(text)
 

@@ -18,7 +18,7 @@ def run(tmp_path_factory):
     os.environ.update(environment)  # the kernel inherits this process's environment
     try:
         notebook = nbformat.read(NOTEBOOK, as_version=4)
-        NotebookClient(notebook, timeout=900, kernel_name="python3",
+        NotebookClient(notebook, timeout=1800, kernel_name="python3",
                        resources={"metadata": {"path": str(output_dir)}}).execute()
     finally:
         for key, value in saved.items():

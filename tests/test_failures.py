@@ -9,27 +9,6 @@ import transformers
 QUESTION = "Who is Harry Potter?"
 
 
-@pytest.fixture
-def tiny_run(amnesia, bundled):
-    """Everything run_unlearning needs, on small probe sets and a short retain set."""
-    reference, tokenizer = bundled
-    pad = tokenizer.pad_token_id
-    probe_sets = {name: probes[:2] for name, probes in amnesia.probe_sets_for(amnesia.HARRY_POTTER).items()}
-    forget = amnesia.collate([amnesia.encode_chat_example(tokenizer, QUESTION, "Harry Potter is a wizard.")], pad, "cpu")
-    retain = [amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS[:3]]
-    heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS[:3]], pad, "cpu")
-    retain_logprobs = amnesia.reference_logprobs_per_example(reference, retain, pad, "cpu")
-    baseline = amnesia.measure(reference, reference, tokenizer, QUESTION, probe_sets, heldout)
-    baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
-
-    def run(model, steps=2, learning_rate=1e-5, rules=amnesia.StopRules()):
-        settings = amnesia.LoopSettings(learning_rate=learning_rate, retain_weight=1.0, max_steps=steps, eval_every=10,
-                                        retain_batch_size=2)
-        return amnesia.run_unlearning(model, reference, tokenizer, QUESTION, forget, retain, retain_logprobs, heldout,
-                                      probe_sets, amnesia.select_trainable(model, "all"), settings, rules, baseline)
-    return run
-
-
 def test_target_longer_than_the_context_is_refused(amnesia, bundled):
     _, tokenizer = bundled
     example = amnesia.encode_chat_example(tokenizer, QUESTION, "Harry Potter is a wizard. " * 400)

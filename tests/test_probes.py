@@ -97,23 +97,10 @@ def test_decide_names_the_rule_that_fires(amnesia):
     assert amnesia.decide(point(answer="I don't know who that is."), baseline, rules).startswith("refusal")
 
 
-def test_collateral_damage_stops_and_restores_the_original_weights(amnesia, bundled, fresh_model):
+def test_collateral_damage_stops_and_restores_the_original_weights(fresh_model, tiny_run):
     """A reckless learning rate must trip the collateral-damage rule and leave the original weights in place."""
-    reference, tokenizer = bundled
-    question = "Who is Harry Potter?"
-    probe_sets = {name: probes[:3] for name, probes in amnesia.probe_sets_for(amnesia.HARRY_POTTER).items()}
-    pad = tokenizer.pad_token_id
-    forget = amnesia.collate([amnesia.encode_chat_example(tokenizer, question, "Harry Potter is a wizard.")], pad, "cpu")
-    retain = [amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS[:3]]
-    heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS], pad, "cpu")
-    retain_logprobs = amnesia.reference_logprobs_per_example(reference, retain, pad, "cpu")
-    baseline = amnesia.measure(fresh_model, reference, tokenizer, question, probe_sets, heldout)
-    baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
-    params = amnesia.select_trainable(fresh_model, "all")
     original = copy.deepcopy(fresh_model.state_dict())
-    settings = amnesia.LoopSettings(learning_rate=3e-4, retain_weight=0.0, max_steps=3, eval_every=1, retain_batch_size=2)
-    history = amnesia.run_unlearning(fresh_model, reference, tokenizer, question, forget, retain, retain_logprobs,
-                                     heldout, probe_sets, params, settings, amnesia.StopRules(), baseline)
+    history = tiny_run(fresh_model, steps=4, learning_rate=3e-4, retain_weight=0.0, eval_every=2)
     assert history["steps"][-1]["forget_loss"] > history["steps"][0]["forget_loss"]
     assert history["stop_reason"].startswith(("collateral damage", "nonsense")), history["stop_reason"]
     assert history["kept_step"] == 0
