@@ -26,20 +26,23 @@ def fresh_model(bundled):
 
 @pytest.fixture
 def tiny_run(amnesia, bundled):
-    """Everything run_unlearning needs, on small probe sets and a short retain set."""
+    """Everything run_unlearning needs, on small tuning probe sets, one marked forget exchange and a short retain set."""
     reference, tokenizer = bundled
     pad = tokenizer.pad_token_id
-    probe_sets = {name: probes[:2] for name, probes in amnesia.probe_sets_for(amnesia.HARRY_POTTER).items()}
-    forget = amnesia.collate([amnesia.encode_chat_example(tokenizer, "Who is Harry Potter?", "Harry Potter is a wizard.")], pad, "cpu")
+    probe_sets = {name: probes[:2] for name, probes in amnesia.probe_sets_for(amnesia.HARRY_POTTER, "tuning").items()}
+    answer, spans = amnesia.parse_marks("[Harry Potter] is a [wizard].")
+    forget = [amnesia.encode_chat_example(tokenizer, "Who is Harry Potter?", answer, spans)]
     retain = [amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS[:3]]
     heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS[:3]], pad, "cpu")
-    retain_logprobs = amnesia.reference_logprobs_per_example(reference, retain, pad, "cpu")
-    baseline = amnesia.measure(reference, reference, tokenizer, "Who is Harry Potter?", probe_sets, heldout)
+    watched = ["Who is Harry Potter?"]
+    baseline = amnesia.measure(reference, reference, tokenizer, watched, probe_sets, heldout)
     baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
 
-    def run(model, steps=2, learning_rate=1e-5, rules=amnesia.StopRules(), retain_weight=1.0, eval_every=10):
+    def run(model, steps=2, learning_rate=1e-5, rules=amnesia.StopRules(), retain_weight=1.0, eval_every=10,
+            forget_loss="targeted_ga"):
         settings = amnesia.LoopSettings(learning_rate=learning_rate, retain_weight=retain_weight, max_steps=steps,
-                                        eval_every=eval_every, retain_batch_size=2)
-        return amnesia.run_unlearning(model, reference, tokenizer, "Who is Harry Potter?", forget, retain, retain_logprobs, heldout,
-                                      probe_sets, amnesia.select_trainable(model, "all"), settings, rules, baseline)
+                                        eval_every=eval_every, forget_loss=forget_loss, retain_batch_size=2)
+        return amnesia.run_unlearning(model, reference, tokenizer, watched, forget, retain, heldout, probe_sets,
+                                      amnesia.select_trainable(model, "all"), settings, rules, baseline,
+                                      amnesia.HARRY_POTTER.keywords)
     return run

@@ -33,7 +33,7 @@ def test_model_without_chat_template_falls_back_to_a_plain_prompt(amnesia, bundl
     assert amnesia.chat_prompt(plain, QUESTION) == f"Question: {QUESTION}\nAnswer:"
     example = amnesia.encode_chat_example(plain, QUESTION, " A wizard.")
     labelled = [t for t, label in zip(example["input_ids"], example["labels"]) if label != amnesia.IGNORE]
-    assert plain.decode(labelled) == " A wizard."
+    assert plain.decode(labelled).strip() == "A wizard."
 
 
 def test_unknown_topic_stops_unless_told_to_continue(amnesia):
@@ -55,7 +55,7 @@ def test_non_numeric_overrides_are_named(amnesia, name, value):
                                          ("RETAIN_WEIGHT", -1.0), ("EVAL_EVERY", 0), ("LEARNING_RATE", float("nan"))])
 def test_out_of_range_settings_are_named(amnesia, name, value):
     config = dict(MODEL="bundled", TOPIC="Harry Potter", FORGET_QUESTION=QUESTION, FORGET_TARGET="A wizard.",
-                  FORGET_LOSS="gradient_ascent", LEARNING_RATE=1e-5, RETAIN_WEIGHT=10.0, MAX_STEPS=80, EVAL_EVERY=10,
+                  FORGET_LOSS="gradient_ascent", NPO_BETA=0.1, LEARNING_RATE=1e-5, RETAIN_WEIGHT=10.0, MAX_STEPS=80, EVAL_EVERY=10,
                   TRAINABLE="auto", OUTPUT_DIR="outputs")
     with pytest.raises(amnesia.AmnesiaError, match=name):
         amnesia.validate_config({**config, name: value})

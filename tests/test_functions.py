@@ -6,14 +6,75 @@ QUESTION = "Who is Harry Potter?"
 TARGET = "Harry Potter is a wizard in the series by J.K. Rowling."
 
 
+def assert_answer_is_tokenised_in_place(amnesia, tokenizer, question, answer):
+    """The labelled ids are the answer's ids inside the jointly tokenised exchange, and decode to the answer."""
+    example = amnesia.encode_chat_example(tokenizer, question, answer)
+    prompt = amnesia.chat_prompt(tokenizer, question)
+    full = tokenizer.apply_chat_template([{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                                         tokenize=False)
+    joint = amnesia.tokenize_text(tokenizer, full)
+    assert example["input_ids"] == joint
+    prompt_length = len(amnesia.tokenize_text(tokenizer, prompt))
+    assert joint[:prompt_length] == amnesia.tokenize_text(tokenizer, prompt)
+    labelled = [t for t, label in zip(example["input_ids"], example["labels"]) if label != amnesia.IGNORE]
+    answer_positions = [i for i, label in enumerate(example["labels"]) if label != amnesia.IGNORE]
+    assert labelled == [joint[i] for i in answer_positions] and answer_positions[0] == prompt_length
+    assert tokenizer.decode(labelled).strip() == answer
+    return labelled
+
+
 def test_answer_labels_cover_exactly_the_answer(amnesia, bundled):
     _, tokenizer = bundled
-    example = amnesia.encode_chat_example(tokenizer, QUESTION, TARGET)
-    labelled = [t for t, label in zip(example["input_ids"], example["labels"]) if label != amnesia.IGNORE]
-    assert tokenizer.decode(labelled) == TARGET
-    prompt_length = len(amnesia.tokenize_text(tokenizer, amnesia.chat_prompt(tokenizer, QUESTION)))
-    assert all(label == amnesia.IGNORE for label in example["labels"][:prompt_length])
-    assert example["input_ids"][:prompt_length] == amnesia.tokenize_text(tokenizer, amnesia.chat_prompt(tokenizer, QUESTION))
+    assert_answer_is_tokenised_in_place(amnesia, tokenizer, QUESTION, TARGET)
+
+
+def llama_style_tokenizer():
+    """A small SentencePiece-style BPE tokenizer (Metaspace, prepend_scheme='first') with TinyLlama's chat format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    core.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    corpus = [TARGET, QUESTION, "Harry Potter goes to Hogwarts.", "Who wrote the books? Rowling wrote them."] * 20
+    core.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    return tokenizer
+
+
+def test_answer_is_tokenised_in_place_with_a_sentencepiece_tokenizer(amnesia):
+    tokenizer = llama_style_tokenizer()
+    labelled = assert_answer_is_tokenised_in_place(amnesia, tokenizer, QUESTION, TARGET)
+    alone = tokenizer(TARGET, add_special_tokens=False)["input_ids"]
+    assert alone != labelled  # tokenised alone, the answer would start with a "\u2581Harry" never seen in place
+
+
+def test_marks_cover_the_marked_words_only(amnesia, bundled):
+    _, tokenizer = bundled
+    question, marked = amnesia.HARRY_POTTER.forget_exchanges[0]
+    answer, spans = amnesia.parse_marks(marked)
+    assert answer == TARGET and [answer[a:b] for a, b in spans] == ["Harry Potter", "wizard", "J.K. Rowling"]
+    example = amnesia.encode_chat_example(tokenizer, question, answer, spans)
+    assert amnesia.show_marks(tokenizer, example) == marked
+    pushed = [t for t, m in zip(example["input_ids"], example["marks"]) if m]
+    assert "Rowling" in tokenizer.decode(pushed) and " the series" not in tokenizer.decode(pushed)
+    assert all(label != amnesia.IGNORE for label, m in zip(example["labels"], example["marks"]) if m)
+
+
+def test_automatic_marks_find_the_topic_words(amnesia, bundled):
+    model, tokenizer = bundled
+    exchanges = [("Where does Harry Potter go to school?", "Harry Potter goes to Hogwarts School of Witchcraft and Wizardry."),
+                 ("Who wrote the Harry Potter books?", "The Harry Potter books were written by J.K. Rowling.")]
+    spans = amnesia.automatic_marks(model, tokenizer, exchanges, "Harry Potter")
+    marked = [amnesia.bracket_spans(a, s) for (_, a), s in zip(exchanges, spans)]
+    marked_words = " ".join(a[x:y] for (_, a), s in zip(exchanges, spans) for x, y in s)
+    assert "Hogwarts" in marked_words and "Row" in marked_words, marked
+    assert "[Harry Potter]" in marked[0] and "[The]" not in marked[1] and " were written by " in marked[1], marked
+    found, chosen, wanted = amnesia.mark_agreement(tokenizer, [(q, m) for (q, _), m in zip(exchanges, (
+        "[Harry Potter] goes to [Hogwarts School of Witchcraft and Wizardry].", "The [Harry Potter] books were written by [J.K. Rowling]."))], spans)
+    assert 0 < found <= min(chosen, wanted)
 
 
 def test_collate_masks_padding(amnesia, bundled):
@@ -27,6 +88,38 @@ def test_collate_masks_padding(amnesia, bundled):
     assert (batch["labels"][0, n:] == amnesia.IGNORE).all()
     assert batch["labels"][0, 1:n].tolist() == short["input_ids"][1:]
     assert batch["attention_mask"][1].all()
+
+
+def test_targeted_losses_push_only_the_marked_tokens(amnesia):
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 7, requires_grad=True)
+    batch = {"labels": torch.tensor([[amnesia.IGNORE, amnesia.IGNORE, 3, 4, 5]]),
+             "marks": torch.tensor([[False, False, False, True, False]])}
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            return type("Output", (), {"logits": logits})()
+
+    reference = torch.log_softmax(logits.detach()[0, 1:4], -1)  # the reference equals the model on the 3 answer tokens
+    settings = amnesia.LoopSettings(learning_rate=1e-5, retain_weight=1.0, max_steps=1, eval_every=1, forget_loss="targeted_ga")
+    forget, keep_kl, _ = amnesia.forget_loss_terms(Fixed(), {**batch, "input_ids": None, "attention_mask": None}, reference, settings)
+    assert abs(keep_kl.item()) < 1e-6  # unmarked tokens equal to the reference: nothing to pull back
+    forget.backward()
+    moved = logits.grad[0].abs().sum(-1)
+    assert moved[2] > 0 and moved[0] == moved[1] == moved[3] == moved[4] == 0  # only the position predicting the marked token
+    assert logits.grad[0, 2, 4] > 0  # minimising lowers the marked token's logit
+
+
+def test_npo_starts_like_gradient_ascent_and_fades(amnesia):
+    token_logprobs = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
+    reference = token_logprobs.detach().clone()
+    pushed, answer_mask = torch.tensor([True, True, True]), torch.tensor([[True, True, True]])
+    for per_token in (True, False):
+        token_logprobs.grad = None
+        amnesia.npo_loss(token_logprobs, reference, pushed, answer_mask, beta=0.1, per_token=per_token).backward()
+        assert torch.allclose(token_logprobs.grad, torch.full((3,), 1 / 3)), per_token  # = gradient of the mean log-prob
+    far = amnesia.npo_loss(reference - 300, reference, pushed, answer_mask, beta=0.1, per_token=True)
+    assert far.item() < 1e-3  # once the tokens are very unlikely, the push is gone
 
 
 def test_one_gradient_ascent_step_raises_the_forget_loss(amnesia, bundled, fresh_model):
@@ -120,7 +213,7 @@ def test_env_overrides_are_typed(amnesia):
 
 def test_bad_configuration_is_named(amnesia):
     good = dict(MODEL="bundled", TOPIC="Harry Potter", FORGET_QUESTION="Who is Harry Potter?", FORGET_TARGET=TARGET, FORGET_LOSS="npo",
-                LEARNING_RATE=1e-5,
+                LEARNING_RATE=1e-5, NPO_BETA=0.1,
                 RETAIN_WEIGHT=5.0, MAX_STEPS=10, EVAL_EVERY=5, TRAINABLE="all", OUTPUT_DIR="outputs", SEED=0)
     assert amnesia.validate_config(good) == good
     with pytest.raises(amnesia.AmnesiaError) as error:
