@@ -1,0 +1,185 @@
+"""Compare forgetting methods on the bundled model with the notebook's own functions.
+
+Every row runs the notebook's loop (`run_unlearning`) with the same data, step budget and stop rules; the loop and
+its checkpoint choice read only the TUNING half of the probes. The table reports the TEST half, measured once on the
+kept weights. Rows are resumable: each finished (row, seed) is stored in the JSON file and skipped next time.
+
+    python benchmarks/unlearning_sweep.py                 # all rows, 3 seeds
+    python benchmarks/unlearning_sweep.py --quick         # 1 seed, 20 steps
+    python benchmarks/unlearning_sweep.py --rows targeted_npo,npo --seeds 0
+"""
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from notebook_loader import load_notebook_functions  # noqa: E402
+
+# name -> (forget loss, retain weight); the learning rate and the rest are the notebook's defaults
+ROWS = {
+    "gradient_ascent": ("gradient_ascent", None),
+    "targeted_ga": ("targeted_ga", None),
+    "npo": ("npo", None),
+    "targeted_npo": ("targeted_npo", None),
+    "targeted_npo_no_kl": ("targeted_npo", 0.0),
+}
+MEASURES = ("keyword", "likelihood")
+
+
+def notebook_defaults():
+    """LEARNING_RATE, RETAIN_WEIGHT, MAX_STEPS, EVAL_EVERY, NPO_BETA as written in the notebook's form."""
+    source = "".join(next(c for c in json.loads((HERE.parent / "targeted_amnesia.ipynb").read_text())["cells"]
+                          if "parameters" in c["metadata"].get("tags", []))["source"])
+    values = {}
+    for line in source.splitlines():
+        name, _, rest = line.partition("=")
+        if name.strip() in ("LEARNING_RATE", "RETAIN_WEIGHT", "MAX_STEPS", "EVAL_EVERY", "NPO_BETA"):
+            values[name.strip()] = float(rest.split("#")[0])
+    return values
+
+
+def prepare(amnesia, topic_name):
+    """Model, reference, data and step-0 measurements, shared by every row."""
+    topic = amnesia.TOPIC_PRESETS[topic_name]
+    source, _ = amnesia.resolve_model_source("bundled", has_gpu=False)
+    model, tokenizer = amnesia.load_model_and_tokenizer(source, "cpu")
+    reference = amnesia.make_frozen_reference(model)
+    forget = [amnesia.encode_chat_example(tokenizer, q, *amnesia.parse_marks(a)) for q, a in topic.forget_exchanges]
+    probes = amnesia.probe_sets_for(topic)
+    generic = topic.keywords + tuple(amnesia.topic_name(topic.question).lower().split())
+    generated = amnesia.on_policy_answers(reference, tokenizer, amnesia.RETAIN_QUESTIONS,
+                                          Path("~/.cache/targeted-amnesia") / f"retain-{Path(source).name}.json")
+    retain_chats, _ = amnesia.drop_leaking_retain(generated, probes, generic)
+    retain = ([amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS]
+              + [amnesia.encode_chat_example(tokenizer, q, a) for q, a in retain_chats])
+    heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS]
+                              + [amnesia.encode_chat_example(tokenizer, q, a) for q, a in amnesia.HELDOUT_CHATS],
+                              tokenizer.pad_token_id, "cpu")
+    watched = [topic.question, topic.heldout_question]
+    tuning, test = amnesia.probe_sets_for(topic, "tuning"), amnesia.probe_sets_for(topic, "test")
+    baseline = amnesia.measure(model, reference, tokenizer, watched, tuning, heldout)
+    baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
+    test_before = amnesia.measure(model, reference, tokenizer, watched, test, heldout)
+    test_before = amnesia.add_scores(test_before, test_before)
+    return dict(topic=topic, model=model, reference=reference, tokenizer=tokenizer, forget=forget, retain=retain,
+                heldout=heldout, watched=watched, tuning=tuning, test=test, baseline=baseline, test_before=test_before)
+
+
+def run_row(amnesia, data, loss, retain_weight, seed, defaults, max_steps):
+    """One row and seed: unlearn a fresh copy of the original, return tuning and test figures."""
+    import transformers
+
+    transformers.set_seed(seed)
+    model = copy.deepcopy(data["reference"]).requires_grad_(True)
+    settings = amnesia.LoopSettings(learning_rate=defaults["LEARNING_RATE"],
+                                    retain_weight=defaults["RETAIN_WEIGHT"] if retain_weight is None else retain_weight,
+                                    max_steps=max_steps, eval_every=int(defaults["EVAL_EVERY"]), forget_loss=loss,
+                                    npo_beta=defaults["NPO_BETA"])
+    started = time.time()
+    history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], data["forget"],
+                                     data["retain"], data["heldout"], data["tuning"], amnesia.select_trainable(model, "all"),
+                                     settings, amnesia.StopRules(), data["baseline"], data["topic"].keywords)
+    loop_seconds = time.time() - started
+    kept = next(e for e in history["evals"] if e["step"] == history["kept_step"])
+    after = amnesia.add_scores(amnesia.measure(model, data["reference"], data["tokenizer"], data["watched"], data["test"],
+                                               data["heldout"], data["test_before"]), data["test_before"])
+    by_kind = {kind: amnesia.kind_counts(after, data["test"]["forget"], data["test_before"], kind)
+               for kind in ("paraphrase", "unseen")}
+    return {"kept_step": history["kept_step"], "stop_reason": history["stop_reason"], "loop_seconds": loop_seconds,
+            "eval_seconds": history["eval_seconds"],
+            "tuning": {name: kept["scores"][name] for name in kept["scores"]},
+            "test": {name: {m: list(after["counts"][name][m]) for m in MEASURES} for name in after["counts"]},
+            "test_forget_by_kind": {k: {m: list(v[m]) for m in MEASURES} for k, v in by_kind.items()},
+            "fluency_ratio": after["fluency"] / data["test_before"]["fluency"],
+            "accuracy_change": after["retain_accuracy"] - data["test_before"]["retain_accuracy"],
+            "watched_after": after["watched_answers"]}
+
+
+def share(counts):
+    k, n = counts
+    return k / n if n else float("nan")
+
+
+def mean_spread(values):
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.0f} ± {100 * spread:.0f}"
+
+
+def table(results, rows):
+    """Markdown table of the test-half figures, mean ± spread over seeds (k/n of the first seed in brackets)."""
+    header = ("| row | seeds | forget kw kept: paraphrase / unseen | forget lik kept: paraphrase / unseen | "
+              "neighbour kw / lik | general kw / lik | fluency × | held-out acc Δ (pts) | kept step | loop min |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
+    lines = [header]
+    for row in rows:
+        runs = [r for key, r in results.items() if key.split("@")[0] == row]
+        if not runs:
+            continue
+        first = runs[0]
+        kinds = lambda m: " / ".join(f"{mean_spread([share(r['test_forget_by_kind'][k][m]) for r in runs])} "
+                                     f"({first['test_forget_by_kind'][k][m][0]}/{first['test_forget_by_kind'][k][m][1]})"
+                                     for k in ("paraphrase", "unseen"))
+        sets = lambda name: " / ".join(f"{mean_spread([share(r['test'][name][m]) for r in runs])} "
+                                       f"({first['test'][name][m][0]}/{first['test'][name][m][1]})" for m in MEASURES)
+        lines.append(f"| {row} | {len(runs)} | {kinds('keyword')} | {kinds('likelihood')} | {sets('neighbour')} | "
+                     f"{sets('general')} | {statistics.mean(r['fluency_ratio'] for r in runs):.2f} | "
+                     f"{100 * statistics.mean(r['accuracy_change'] for r in runs):+.1f} | "
+                     f"{', '.join(str(r['kept_step']) for r in runs)} | "
+                     f"{statistics.mean(r['loop_seconds'] for r in runs) / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def best_on_tuning(results, rows):
+    """The row whose kept checkpoints forgot most on the TUNING probes (keyword + likelihood, mean over seeds)."""
+    def rank(row):
+        runs = [r for key, r in results.items() if key.split("@")[0] == row]
+        return statistics.mean(r["tuning"]["forget"]["keyword"] + r["tuning"]["forget"]["likelihood"] for r in runs)
+    present = [row for row in rows if any(key.split("@")[0] == row for key in results)]
+    return min(present, key=rank) if present else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 20 steps")
+    parser.add_argument("--topic", default="Harry Potter")
+    parser.add_argument("--results", default=str(HERE / "sweep_results.json"))
+    args = parser.parse_args()
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    defaults = notebook_defaults()
+    max_steps = 20 if args.quick else int(defaults["MAX_STEPS"])
+    path = Path(args.results)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    todo = [(row, seed) for row in rows for seed in seeds if f"{row}@{seed}@{max_steps}" not in results]
+    print(f"{len(todo)} runs to do, {max_steps} steps each; defaults {defaults}", flush=True)
+    if todo:
+        amnesia = load_notebook_functions()
+        data = prepare(amnesia, args.topic)
+        from tqdm.auto import tqdm
+        for row, seed in tqdm(todo, desc="sweep"):
+            loss, retain_weight = ROWS[row]
+            results[f"{row}@{seed}@{max_steps}"] = run_row(amnesia, data, loss, retain_weight, seed, defaults, max_steps)
+            path.write_text(json.dumps(results, indent=1))  # resumable: a finished run is never redone
+    chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")
+              and int(key.split("@")[1]) in seeds}
+    print(table(chosen, rows))
+    print(f"best trade-off on the tuning half (each kept checkpoint already has retention within tolerance): "
+          f"{best_on_tuning(chosen, rows)}")
+
+
+if __name__ == "__main__":
+    main()
