@@ -25,7 +25,7 @@ run: install
 test: install
 	$(VENV)/bin/nbstripout --verify targeted_amnesia.ipynb
 	$(PYTHON) -m pytest tests -v --durations=5
-	AMNESIA_MODEL=bundled AMNESIA_MAX_STEPS=3 AMNESIA_EVAL_EVERY=1 AMNESIA_OUTPUT_DIR=$(NBVAL_OUTPUT_DIR) \
+	AMNESIA_MODEL=bundled AMNESIA_MAX_STEPS=2 AMNESIA_EVAL_EVERY=1 AMNESIA_OUTPUT_DIR=$(NBVAL_OUTPUT_DIR) \
 	  AMNESIA_TOPIC="The Beatles" AMNESIA_FORGET_LOSS=npo \
 	  $(PYTHON) -m pytest --nbval-lax --nbval-current-env targeted_amnesia.ipynb -p no:cacheprovider
 

@@ -54,7 +54,7 @@ def prepare(amnesia, topic_name):
     probes = amnesia.probe_sets_for(topic)
     generic = topic.keywords + tuple(amnesia.topic_name(topic.question).lower().split())
     generated = amnesia.on_policy_answers(reference, tokenizer, amnesia.RETAIN_QUESTIONS,
-                                          Path("~/.cache/targeted-amnesia") / f"retain-{Path(source).name}.json")
+                                          amnesia.retain_cache_file(source))
     retain_chats, _ = amnesia.drop_leaking_retain(generated, probes, generic)
     retain = ([amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS]
               + [amnesia.encode_chat_example(tokenizer, q, a) for q, a in retain_chats])
@@ -80,7 +80,7 @@ def run_row(amnesia, data, loss, retain_weight, seed, defaults, max_steps):
     settings = amnesia.LoopSettings(learning_rate=defaults["LEARNING_RATE"],
                                     retain_weight=defaults["RETAIN_WEIGHT"] if retain_weight is None else retain_weight,
                                     max_steps=max_steps, eval_every=int(defaults["EVAL_EVERY"]), forget_loss=loss,
-                                    npo_beta=defaults["NPO_BETA"])
+                                    npo_beta=defaults["NPO_BETA"], seed=seed)
     started = time.time()
     history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], data["forget"],
                                      data["retain"], data["heldout"], data["tuning"], amnesia.select_trainable(model, "all"),
@@ -147,6 +147,16 @@ def best_on_tuning(results, rows):
     return min(present, key=rank) if present else None
 
 
+def write_section(path, text, marker="<!-- results of other scripts below; benchmark.py keeps them -->"):
+    """Put the sweep's section into results.md below the marker, replacing an earlier one."""
+    before, _, after = path.read_text().partition(marker) if path.exists() else ("", "", "")
+    start = after.find("## Forgetting methods side by side")
+    if start >= 0:
+        end = after.find("\n## ", start + 1)
+        after = after[:start] + (after[end + 1:] if end >= 0 else "")
+    path.write_text(before.rstrip("\n") + f"\n\n{marker}\n\n" + text + after.strip("\n") + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
@@ -154,6 +164,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1 seed, 20 steps")
     parser.add_argument("--topic", default="Harry Potter")
     parser.add_argument("--results", default=str(HERE / "sweep_results.json"))
+    parser.add_argument("--write", default=str(HERE / "results.md"), help="results file to put the table into ('' for none)")
     args = parser.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
@@ -176,9 +187,16 @@ def main():
             path.write_text(json.dumps(results, indent=1))  # resumable: a finished run is never redone
     chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")
               and int(key.split("@")[1]) in seeds}
-    print(table(chosen, rows))
-    print(f"best trade-off on the tuning half (each kept checkpoint already has retention within tolerance): "
-          f"{best_on_tuning(chosen, rows)}")
+    text = (f"## Forgetting methods side by side (`benchmarks/unlearning_sweep.py`)\n\n"
+            f"Bundled SmolLM2-135M-Instruct, topic {args.topic}, {max_steps} steps at most, seeds {seeds}, the notebook's "
+            f"defaults otherwise ({', '.join(f'{k}={v:g}' for k, v in defaults.items())}). TEST half of the probes, "
+            f"kept share of what the original knew, mean ± spread over seeds in %, k/n of the first seed in brackets. "
+            f"Each run kept the checkpoint its tuning probes chose.\n\n{table(chosen, rows)}\n\n"
+            f"Best trade-off on the TUNING half (each kept checkpoint already has retention within tolerance): "
+            f"**{best_on_tuning(chosen, rows)}**.\n")
+    print(text)
+    if args.write:
+        write_section(Path(args.write), text)
 
 
 if __name__ == "__main__":

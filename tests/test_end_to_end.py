@@ -1,6 +1,11 @@
-"""Runs the whole notebook headless on the bundled model with its default settings, as a user would."""
+"""Runs the whole notebook headless on the bundled model with its default settings, as a user would.
+
+Every assertion about forgetting and keeping reads the TEST half of the probes, which no decision of the loop reads.
+The bounds are the default row of benchmarks/unlearning_sweep.py (see benchmarks/results.md) less a stated margin."""
 import json
 import os
+import shutil
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -8,77 +13,83 @@ from nbclient import NotebookClient
 
 from conftest import NOTEBOOK
 
+MARGIN = 0.15  # one or two probes either way: the test half has ~10-27 known probes per set and measure
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Execute the notebook once with MODEL=bundled; return (executed notebook, output folder)."""
+    """Execute the notebook once with MODEL=bundled; return (executed notebook, output folder, metrics)."""
     output_dir = tmp_path_factory.mktemp("outputs")
     environment = {"AMNESIA_MODEL": "bundled", "AMNESIA_OUTPUT_DIR": str(output_dir)}
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)  # the kernel inherits this process's environment
     try:
         notebook = nbformat.read(NOTEBOOK, as_version=4)
-        NotebookClient(notebook, timeout=1800, kernel_name="python3",
+        NotebookClient(notebook, timeout=2400, kernel_name="python3",
                        resources={"metadata": {"path": str(output_dir)}}).execute()
     finally:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-    return notebook, output_dir
+    keep = os.environ.get("AMNESIA_KEEP_TEST_RUN")  # a folder to keep this run's outputs and executed notebook in
+    if keep:
+        shutil.copytree(output_dir, keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model"))
+        nbformat.write(notebook, Path(keep) / "executed.ipynb")
+    return notebook, output_dir, json.loads((output_dir / "metrics.json").read_text())
 
 
-def test_writes_the_report_the_metrics_and_the_model(run):
-    _, output_dir = run
+def share(counts):
+    kept, known = counts
+    return kept / known if known else 1.0
+
+
+def test_writes_the_report_the_metrics_the_training_data_and_the_model(run):
+    _, output_dir, metrics = run
     assert (output_dir / "safety_report.png").stat().st_size > 10_000
     assert (output_dir / "model" / "config.json").exists()
     assert any((output_dir / "model").glob("*.safetensors"))
-    metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["config"]["MODEL"] == "bundled" and metrics["steps"] and metrics["evals"]
+    training = json.loads((output_dir / "training_data.json").read_text())
+    assert len(training["forget_exchanges"]) >= 30 and len(training["retain_chats"]) >= 60
+    assert all("[" in e["marked_answer"] for e in training["forget_exchanges"])
 
 
-def test_unlearning_worked_without_collateral_damage(run):
-    _, output_dir = run
-    metrics = json.loads((output_dir / "metrics.json").read_text())
-    losses = [s["forget_loss"] for s in metrics["steps"]]
-    assert losses[-1] > losses[0] + 1, "forget loss did not rise"
+def test_the_originals_knowledge_is_large_enough_to_judge(run):
+    """Measured on the bundled model (test half): it knows 6 forget probes by keyword, 27 by likelihood."""
+    _, _, metrics = run
+    known = metrics["test"]["before_known"]
+    assert known["forget"]["likelihood"] >= 15 and known["neighbour"]["keyword"] >= 10
+    assert known["general"]["keyword"] >= 10 and known["general"]["likelihood"] >= 8
+
+
+def test_test_half_forgets_and_keeps_at_least_what_the_sweep_reached(run):
+    _, _, metrics = run
+    test = metrics["test"]["counts_after"]
     assert metrics["kept_step"] > 0, f"no evaluation point beat the original: {metrics['stop_reason']}"
-    assert metrics["final_answer"] != metrics["baseline_answer"]
-    before, after = metrics["retain_accuracy_before"], metrics["retain_accuracy_after"]
-    assert abs(after - before) <= 0.05, f"held-out retain accuracy moved from {before:.3f} to {after:.3f}"
-
-
-def test_held_out_probes_show_forgetting_and_retention(run):
-    """Measured on the bundled model: forget keyword score 29 %, neighbour and general 87-100 %, fluency 1.0x."""
-    _, output_dir = run
-    metrics = json.loads((output_dir / "metrics.json").read_text())
-    after = metrics["scores_after"]
-    assert metrics["originally_known"]["forget"]["keyword"] >= 5
-    assert after["forget"]["keyword"] <= 0.5, after
-    assert after["forget"]["likelihood"] < 1.0, after
+    assert share(test["forget"]["likelihood"]) <= FORGET_LIKELIHOOD_KEPT + MARGIN, test["forget"]
     for name in ("neighbour", "general"):
         for measure in ("keyword", "likelihood"):
-            assert after[name][measure] >= 0.85, (name, measure, after)
-    assert metrics["fluency_after"] <= 1.5 * metrics["fluency_before"]
-    assert metrics["seconds_total"] < 600
+            assert share(test[name][measure]) >= KEEP_FLOOR[name][measure] - MARGIN, (name, measure, test[name])
+    assert metrics["test"]["fluency_after"] <= 1.3 * metrics["test"]["fluency_before"]
+    assert metrics["test"]["retain_accuracy_after"] >= metrics["test"]["retain_accuracy_before"] - 0.03
 
 
-def test_baseline_verdict_and_live_log_are_shown(run):
-    notebook, _ = run
+def test_baseline_verdict_marks_and_live_log_are_shown(run):
+    notebook, _, _ = run
     text = "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                      for output in cell.get("outputs", []))
     assert "VERDICT: the model KNOWS the topic" in text
-    assert "step   10/" in text and "retain acc" in text and "answer:" in text
+    assert "A: [Harry Potter] is a [wizard] in the series by [J.K. Rowling]." in text
+    assert "automatic marks against hand marks" in text
+    assert "step   10/" in text and "[trained ] Who is Harry Potter?" in text and "[held-out] What are the Harry" in text
     assert "stopped at step" in text and "kept the weights of step" in text
+    assert "TEST HALF (reported only" in text and "forget    unseen" in text
     assert "--- neighbour probes" in text  # the before/after table
 
 
 def test_ablation_without_kl_damages_what_the_main_run_keeps(run):
-    """Measured on the bundled model, same 30 steps: without KL general keyword 33 % and held-out accuracy 38.7 %,
-    with KL 100 % and 43.8 %."""
-    _, output_dir = run
-    metrics = json.loads((output_dir / "metrics.json").read_text())
+    _, output_dir, metrics = run
     assert (output_dir / "ablation.png").stat().st_size > 10_000
-    ablation, main = metrics["ablation"]["after"], metrics["scores_after"]
+    ablation, main = metrics["ablation"]["after"], metrics["tuning"]["after"]
     assert metrics["ablation"]["steps"] == metrics["steps"][-1]["step"]
-    damage = sum(main[name]["keyword"] - ablation["scores"][name]["keyword"] for name in ("neighbour", "general"))
-    assert damage >= 0.4, (main, ablation["scores"])
-    assert ablation["retain_accuracy"] < metrics["retain_accuracy_after"] - 0.02
+    damage = sum(main[name][m] - ablation["scores"][name][m] for name in ("neighbour", "general") for m in ("keyword", "likelihood"))
+    assert damage >= ABLATION_DAMAGE, (main, ablation["scores"])
