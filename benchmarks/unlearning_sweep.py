@@ -21,13 +21,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from notebook_loader import load_notebook_functions  # noqa: E402
 
-# name -> (forget loss, retain weight); the learning rate and the rest are the notebook's defaults
+# name -> (forget loss, retain weight, learning rate); None means the notebook's default
 ROWS = {
-    "gradient_ascent": ("gradient_ascent", None),
-    "targeted_ga": ("targeted_ga", None),
-    "npo": ("npo", None),
-    "targeted_npo": ("targeted_npo", None),
-    "targeted_npo_no_kl": ("targeted_npo", 0.0),
+    "gradient_ascent": ("gradient_ascent", None, None),
+    "targeted_ga": ("targeted_ga", None, None),
+    "npo": ("npo", None, None),
+    "targeted_npo": ("targeted_npo", None, None),
+    "targeted_npo_lr3e-5": ("targeted_npo", None, 3e-5),
+    "targeted_npo_no_kl": ("targeted_npo", 0.0, None),
 }
 MEASURES = ("keyword", "likelihood")
 
@@ -71,13 +72,13 @@ def prepare(amnesia, topic_name):
                 heldout=heldout, watched=watched, tuning=tuning, test=test, baseline=baseline, test_before=test_before)
 
 
-def run_row(amnesia, data, loss, retain_weight, seed, defaults, max_steps):
+def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, max_steps):
     """One row and seed: unlearn a fresh copy of the original, return tuning and test figures."""
     import transformers
 
     transformers.set_seed(seed)
     model = copy.deepcopy(data["reference"]).requires_grad_(True)
-    settings = amnesia.LoopSettings(learning_rate=defaults["LEARNING_RATE"],
+    settings = amnesia.LoopSettings(learning_rate=defaults["LEARNING_RATE"] if learning_rate is None else learning_rate,
                                     retain_weight=defaults["RETAIN_WEIGHT"] if retain_weight is None else retain_weight,
                                     max_steps=max_steps, eval_every=int(defaults["EVAL_EVERY"]), forget_loss=loss,
                                     npo_beta=defaults["NPO_BETA"], seed=seed)
@@ -182,8 +183,9 @@ def main():
         data = prepare(amnesia, args.topic)
         from tqdm.auto import tqdm
         for row, seed in tqdm(todo, desc="sweep"):
-            loss, retain_weight = ROWS[row]
-            results[f"{row}@{seed}@{max_steps}"] = run_row(amnesia, data, loss, retain_weight, seed, defaults, max_steps)
+            loss, retain_weight, learning_rate = ROWS[row]
+            results[f"{row}@{seed}@{max_steps}"] = run_row(amnesia, data, loss, retain_weight, learning_rate, seed,
+                                                           defaults, max_steps)
             path.write_text(json.dumps(results, indent=1))  # resumable: a finished run is never redone
     chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")
               and int(key.split("@")[1]) in seeds}

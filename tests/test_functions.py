@@ -70,8 +70,8 @@ def test_automatic_marks_find_the_topic_words(amnesia, bundled):
     spans = amnesia.automatic_marks(model, tokenizer, exchanges, "Harry Potter")
     marked = [amnesia.bracket_spans(a, s) for (_, a), s in zip(exchanges, spans)]
     marked_words = " ".join(a[x:y] for (_, a), s in zip(exchanges, spans) for x, y in s)
-    assert "Hogwarts" in marked_words and "Row" in marked_words, marked
-    assert "[Harry Potter]" in marked[0] and "[The]" not in marked[1] and " were written by " in marked[1], marked
+    assert "Hogwarts" in marked_words and "Rowling" in marked_words and "Harry Potter" in marked_words, marked
+    assert "] to [" in marked[0] and " written by [" in marked[1], marked  # the grammar around the facts stays unmarked
     found, chosen, wanted = amnesia.mark_agreement(tokenizer, [(q, m) for (q, _), m in zip(exchanges, (
         "[Harry Potter] goes to [Hogwarts School of Witchcraft and Wizardry].", "The [Harry Potter] books were written by [J.K. Rowling]."))], spans)
     assert 0 < found <= min(chosen, wanted)
