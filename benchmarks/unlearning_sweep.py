@@ -7,6 +7,7 @@ kept weights. Rows are resumable: each finished (row, seed) is stored in the JSO
     python benchmarks/unlearning_sweep.py                 # all rows, 3 seeds
     python benchmarks/unlearning_sweep.py --quick         # 1 seed, 20 steps
     python benchmarks/unlearning_sweep.py --rows targeted_npo,npo --seeds 0
+    python benchmarks/unlearning_sweep.py --table-only      # the table of what is stored, nothing run
 """
 import argparse
 import copy
@@ -27,7 +28,7 @@ ROWS = {
     "targeted_ga": ("targeted_ga", None, None),
     "npo": ("npo", None, None),
     "targeted_npo": ("targeted_npo", None, None),
-    "targeted_npo_lr3e-5": ("targeted_npo", None, 3e-5),
+    "targeted_npo_lr1e-5": ("targeted_npo", None, 1e-5),
     "targeted_npo_no_kl": ("targeted_npo", 0.0, None),
 }
 MEASURES = ("keyword", "likelihood")
@@ -92,7 +93,7 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
                                                data["heldout"], data["test_before"]), data["test_before"])
     by_kind = {kind: amnesia.kind_counts(after, data["test"]["forget"], data["test_before"], kind)
                for kind in ("paraphrase", "unseen")}
-    return {"kept_step": history["kept_step"], "stop_reason": history["stop_reason"], "loop_seconds": loop_seconds,
+    return {"kept_step": history["kept_step"], "learning_rate": settings.learning_rate, "stop_reason": history["stop_reason"], "loop_seconds": loop_seconds,
             "eval_seconds": history["eval_seconds"],
             "tuning": {name: kept["scores"][name] for name in kept["scores"]},
             "test": {name: {m: list(after["counts"][name][m]) for m in MEASURES} for name in after["counts"]},
@@ -155,7 +156,7 @@ def write_section(path, text, marker="<!-- results of other scripts below; bench
     if start >= 0:
         end = after.find("\n## ", start + 1)
         after = after[:start] + (after[end + 1:] if end >= 0 else "")
-    path.write_text(before.rstrip("\n") + f"\n\n{marker}\n\n" + text + after.strip("\n") + "\n")
+    path.write_text(before.rstrip("\n") + f"\n\n{marker}\n\n" + text.rstrip("\n") + "\n\n" + after.strip("\n") + "\n")
 
 
 def main():
@@ -165,6 +166,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1 seed, 20 steps")
     parser.add_argument("--topic", default="Harry Potter")
     parser.add_argument("--results", default=str(HERE / "sweep_results.json"))
+    parser.add_argument("--table-only", action="store_true", help="run nothing: tabulate the stored results")
     parser.add_argument("--write", default=str(HERE / "results.md"), help="results file to put the table into ('' for none)")
     args = parser.parse_args()
     rows = [r for r in args.rows.split(",") if r]
@@ -176,7 +178,8 @@ def main():
     max_steps = 20 if args.quick else int(defaults["MAX_STEPS"])
     path = Path(args.results)
     results = json.loads(path.read_text()) if path.exists() else {}
-    todo = [(row, seed) for row in rows for seed in seeds if f"{row}@{seed}@{max_steps}" not in results]
+    todo = [] if args.table_only else [(row, seed) for row in rows for seed in seeds
+                                       if f"{row}@{seed}@{max_steps}" not in results]
     print(f"{len(todo)} runs to do, {max_steps} steps each; defaults {defaults}", flush=True)
     if todo:
         amnesia = load_notebook_functions()
@@ -196,6 +199,9 @@ def main():
             f"Each run kept the checkpoint its tuning probes chose.\n\n{table(chosen, rows)}\n\n"
             f"Best trade-off on the TUNING half (each kept checkpoint already has retention within tolerance): "
             f"**{best_on_tuning(chosen, rows)}**.\n")
+    missing = [row for row in rows if not any(key.split("@")[0] == row for key in chosen)]
+    if missing:
+        text += f"\nNot run yet with these settings: {', '.join(missing)}.\n"
     print(text)
     if args.write:
         write_section(Path(args.write), text)
