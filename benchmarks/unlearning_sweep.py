@@ -29,7 +29,10 @@ ROWS = {
     "npo": ("npo", None, None),
     "targeted_npo": ("targeted_npo", None, None),
     "targeted_npo_lr1e-5": ("targeted_npo", None, 1e-5),
+    "targeted_npo_lr5e-5": ("targeted_npo", None, 5e-5),
     "targeted_npo_no_kl": ("targeted_npo", 0.0, None),
+    "rmu": ("rmu", None, 1e-3),
+    "idk": ("idk", None, None),
 }
 MEASURES = ("keyword", "likelihood")
 
@@ -84,8 +87,10 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
                                     max_steps=max_steps, eval_every=int(defaults["EVAL_EVERY"]), forget_loss=loss,
                                     npo_beta=defaults["NPO_BETA"], seed=seed)
     started = time.time()
-    history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], data["forget"],
-                                     data["retain"], data["heldout"], data["tuning"], amnesia.select_trainable(model, "all"),
+    forget = (amnesia.refusal_examples(data["tokenizer"], [q for q, _ in data["topic"].forget_exchanges])
+              if loss == "idk" else data["forget"])
+    history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], forget,
+                                     data["retain"], data["heldout"], data["tuning"], amnesia.select_trainable(model, "rmu" if loss == "rmu" else "all"),
                                      settings, amnesia.StopRules(), data["baseline"], data["topic"].keywords)
     loop_seconds = time.time() - started
     kept = next(e for e in history["evals"] if e["step"] == history["kept_step"])
@@ -100,7 +105,9 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
             "test_forget_by_kind": {k: {m: list(v[m]) for m in MEASURES} for k, v in by_kind.items()},
             "fluency_ratio": after["fluency"] / data["test_before"]["fluency"],
             "accuracy_change": after["retain_accuracy"] - data["test_before"]["retain_accuracy"],
-            "watched_after": after["watched_answers"]}
+            "watched_after": after["watched_answers"],
+            "watched_names_topic": [bool(amnesia.topic_keywords_in(a, data["topic"].keywords))
+                                    for a in after["watched_answers"]]}
 
 
 def share(counts):
@@ -116,11 +123,18 @@ def mean_spread(values):
     return f"{100 * statistics.mean(values):.0f} ± {100 * spread:.0f}"
 
 
+def named(run):
+    """How many of the watched answers (trained question, held-out question) still name a topic keyword, as k/n."""
+    flags = run.get("watched_names_topic")
+    return "-" if flags is None else f"{sum(flags)}/{len(flags)}"
+
+
 def table(results, rows):
     """Markdown table of the test-half figures, mean ± spread over seeds (k/n of the first seed in brackets)."""
     header = ("| row | seeds | forget kw kept: paraphrase / unseen | forget lik kept: paraphrase / unseen | "
-              "neighbour kw / lik | general kw / lik | fluency × | held-out acc Δ (pts) | kept step | loop min |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
+              "neighbour kw / lik | general kw / lik | fluency × | held-out acc Δ (pts) | watched answers naming the topic | "
+              "kept step | loop min (evaluation %) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     for row in rows:
         runs = [r for key, r in results.items() if key.split("@")[0] == row]
@@ -135,16 +149,20 @@ def table(results, rows):
         lines.append(f"| {row} | {len(runs)} | {kinds('keyword')} | {kinds('likelihood')} | {sets('neighbour')} | "
                      f"{sets('general')} | {statistics.mean(r['fluency_ratio'] for r in runs):.2f} | "
                      f"{100 * statistics.mean(r['accuracy_change'] for r in runs):+.1f} | "
+                     f"{', '.join(named(r) for r in runs)} | "
                      f"{', '.join(str(r['kept_step']) for r in runs)} | "
-                     f"{statistics.mean(r['loop_seconds'] for r in runs) / 60:.1f} |")
+                     f"{statistics.mean(r['loop_seconds'] for r in runs) / 60:.1f} "
+                     f"({100 * statistics.mean(r['eval_seconds'] / r['loop_seconds'] for r in runs):.0f} %) |")
     return "\n".join(lines)
 
 
 def best_on_tuning(results, rows):
-    """The row whose kept checkpoints forgot most on the TUNING probes (keyword + likelihood, mean over seeds)."""
+    """The row whose kept checkpoints forgot most on the TUNING probes, mean over seeds: likelihood first (what the model
+    still knows), keyword (what it still says) to break ties. A refusal that hides the facts cannot win on words alone."""
     def rank(row):
         runs = [r for key, r in results.items() if key.split("@")[0] == row]
-        return statistics.mean(r["tuning"]["forget"]["keyword"] + r["tuning"]["forget"]["likelihood"] for r in runs)
+        return (round(statistics.mean(r["tuning"]["forget"]["likelihood"] for r in runs), 3),
+                statistics.mean(r["tuning"]["forget"]["keyword"] for r in runs))
     present = [row for row in rows if any(key.split("@")[0] == row for key in results)]
     return min(present, key=rank) if present else None
 
@@ -197,7 +215,8 @@ def main():
             f"defaults otherwise ({', '.join(f'{k}={v:g}' for k, v in defaults.items())}). TEST half of the probes, "
             f"kept share of what the original knew, mean ± spread over seeds in %, k/n of the first seed in brackets. "
             f"Each run kept the checkpoint its tuning probes chose.\n\n{table(chosen, rows)}\n\n"
-            f"Best trade-off on the TUNING half (each kept checkpoint already has retention within tolerance): "
+            f"Best on the TUNING half (each kept checkpoint already has retention within tolerance; likelihood "
+            f"kept first, keyword kept to break ties): "
             f"**{best_on_tuning(chosen, rows)}**.\n")
     missing = [row for row in rows if not any(key.split("@")[0] == row for key in chosen)]
     if missing:

@@ -14,10 +14,10 @@ from nbclient import NotebookClient
 from conftest import NOTEBOOK
 
 MARGIN = 0.15  # one or two probes either way: the test half has ~10-27 known probes per set and measure
-# The sweep's default row (targeted_npo at 3e-5, seed 0) on the test half: forget likelihood kept 12/27,
-# neighbour 13/15 by keyword and 18/19 by likelihood, general 15/15 and 9/9.
-FORGET_LIKELIHOOD_KEPT = 12 / 27
-KEEP_FLOOR = {"neighbour": {"keyword": 13 / 15, "likelihood": 18 / 19}, "general": {"keyword": 1.0, "likelihood": 1.0}}
+# The sweep's default row (targeted_npo at 3e-5, seed 0) on the test half: forget likelihood kept 17/27,
+# neighbour 14/15 by keyword and 19/19 by likelihood, general 14/15 and 9/9.
+FORGET_LIKELIHOOD_KEPT = 17 / 27
+KEEP_FLOOR = {"neighbour": {"keyword": 14 / 15, "likelihood": 1.0}, "general": {"keyword": 14 / 15, "likelihood": 1.0}}
 ABLATION_DAMAGE = 0.2  # summed over neighbour and general, both measures: without KL they must lose clearly more
 
 

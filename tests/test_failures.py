@@ -115,3 +115,14 @@ def test_same_seed_gives_the_same_numbers_twice(bundled, tiny_run):
         history = tiny_run(copy.deepcopy(model), steps=2, rules=None)
         runs.append([(s["forget_loss"], s["kl"]) for s in history["steps"]])
     assert runs[0] == runs[1] and len(runs[0]) == 2
+
+
+def test_rmu_runs_through_the_loop_and_its_seed_fixes_the_steer_vector(amnesia, bundled, tiny_run):
+    model, _ = bundled
+    runs = []
+    for _ in range(2):
+        transformers.set_seed(0)
+        history = tiny_run(copy.deepcopy(model), steps=2, rules=None, forget_loss="rmu", learning_rate=1e-3)
+        runs.append([s["loss"] for s in history["steps"]])
+    assert runs[0] == runs[1] and len(runs[0]) == 2
+    assert all(0.5 < loss < 3 for loss in runs[0]), runs  # the relative RMU term plus a small KL

@@ -97,8 +97,8 @@ def test_targeted_losses_push_only_the_marked_tokens(amnesia):
              "marks": torch.tensor([[False, False, False, True, False]])}
 
     class Fixed(torch.nn.Module):
-        def forward(self, input_ids, attention_mask):
-            return type("Output", (), {"logits": logits})()
+        def forward(self, input_ids, attention_mask, logits_to_keep=0):  # 0 keeps all, as in transformers
+            return type("Output", (), {"logits": logits[:, -logits_to_keep:]})()
 
     reference = torch.log_softmax(logits.detach()[0, 1:4], -1)  # the reference equals the model on the 3 answer tokens
     settings = amnesia.LoopSettings(learning_rate=1e-5, retain_weight=1.0, max_steps=1, eval_every=1, forget_loss="targeted_ga")
@@ -108,6 +108,30 @@ def test_targeted_losses_push_only_the_marked_tokens(amnesia):
     moved = logits.grad[0].abs().sum(-1)
     assert moved[2] > 0 and moved[0] == moved[1] == moved[3] == moved[4] == 0  # only the position predicting the marked token
     assert logits.grad[0, 2, 4] > 0  # minimising lowers the marked token's logit
+
+
+def test_idk_learns_the_refusal_with_plain_cross_entropy(amnesia, bundled):
+    _, tokenizer = bundled
+    examples = amnesia.refusal_examples(tokenizer, ["Who is Harry Potter?", "Who is Hermione Granger?"])
+    assert [tokenizer.decode([t for t in e["labels"] if t != amnesia.IGNORE]).strip() for e in examples] == \
+        list(amnesia.IDK_ANSWERS[:2])
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 6, requires_grad=True)
+    batch = {"labels": torch.tensor([[amnesia.IGNORE, amnesia.IGNORE, 3, 5]]), "marks": torch.zeros(1, 4, dtype=torch.bool),
+             "input_ids": None, "attention_mask": None}
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, logits_to_keep=0):
+            return type("Output", (), {"logits": logits[:, -logits_to_keep:]})()
+
+    settings = amnesia.LoopSettings(learning_rate=1e-5, retain_weight=1.0, max_steps=1, eval_every=1, forget_loss="idk")
+    reference = torch.log_softmax(torch.randn(2, 6), -1)
+    forget, keep_kl, nll = amnesia.forget_loss_terms(Fixed(), batch, reference, settings)
+    expected = torch.nn.functional.cross_entropy(logits[0, 1:3].detach(), torch.tensor([3, 5]))
+    assert torch.allclose(forget.detach(), expected) and torch.allclose(nll.detach(), expected)
+    assert keep_kl.item() == 0.0  # every answer token is learned, none is held
+    forget.backward()
+    assert logits.grad[0, 1, 3] < 0 and logits.grad[0, 2, 5] < 0  # minimising raises the refusal's tokens
 
 
 def test_npo_starts_like_gradient_ascent_and_fades(amnesia):
@@ -135,6 +159,51 @@ def test_one_gradient_ascent_step_raises_the_forget_loss(amnesia, bundled, fresh
     with torch.no_grad():
         after = amnesia.answer_nll(fresh_model, forget).item()
     assert after > before + 0.05, (before, after)
+
+
+def test_labelled_logits_are_the_full_logits_at_the_labelled_positions(amnesia, bundled):
+    model, tokenizer = bundled
+    examples = [amnesia.encode_chat_example(tokenizer, QUESTION, TARGET),
+                amnesia.encode_chat_example(tokenizer, "What is the capital of France?", "Paris is the capital.")]
+    batch = amnesia.collate(examples, tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        kept, labels = amnesia.labelled_logits(model, batch)
+    mask = batch["labels"][:, 1:] != amnesia.IGNORE
+    assert kept.shape[1] < full.shape[1]  # the prompt got no logits
+    assert torch.allclose(kept[labels != amnesia.IGNORE], full[mask], atol=1e-4)
+    assert torch.equal(labels[labels != amnesia.IGNORE], batch["labels"][:, 1:][mask])
+
+
+def test_shared_prompt_scores_equal_whole_exchange_scores(amnesia, bundled):
+    model, tokenizer = bundled
+    probes = list(amnesia.HARRY_POTTER.forget_probes[:3]) + list(amnesia.GENERAL_PROBES[:2])
+    groups = [[amnesia.split_prompt(amnesia.encode_chat_example(tokenizer, p.question, c)) for c in (p.answer, *p.distractors)]
+              for p in probes]
+    shared = amnesia.shared_prompt_logprobs(model, groups)
+    whole = amnesia.mean_answer_logprobs(model, tokenizer, [(p.question, c) for p in probes for c in (p.answer, *p.distractors)])
+    assert [len(s) for s in shared] == [4] * len(probes)
+    assert max(abs(a - b) for a, b in zip(sum(shared, []), whole)) < 1e-3
+
+
+def test_rmu_trains_only_its_layers_and_moves_the_activations_to_the_steer_vector(amnesia, bundled, fresh_model):
+    reference, tokenizer = bundled
+    batch = amnesia.collate([amnesia.encode_chat_example(tokenizer, QUESTION, TARGET)], tokenizer.pad_token_id, "cpu")
+    layer = amnesia.rmu_layer_index(fresh_model)
+    params = amnesia.select_trainable(fresh_model, "rmu")
+    layers = amnesia.decoder_layers(fresh_model)
+    assert {id(p) for p in params} == {id(p) for l in layers[layer - 2:layer + 1] for p in l.mlp.parameters()}
+    steer = amnesia.rmu_steer(reference, batch, layer, 4.0, seed=0)
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        forget, kl, nll = amnesia.rmu_loss_terms(fresh_model, batch, steer, layer)
+        forget.backward()
+        optimizer.step()
+        losses.append(forget.item())
+    assert 0.5 < losses[0] < 1.6  # |h - cu|^2/|cu|^2 = 1 + |h|^2/|cu|^2 - 2 h.u/|cu|, |h| about |cu|/4, at the start
+    assert losses[-1] < losses[0] - 0.01, losses
 
 
 def test_kl_is_zero_for_identical_models_and_positive_after_a_change(amnesia, bundled, fresh_model):
