@@ -101,6 +101,7 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
     return {"kept_step": history["kept_step"], "learning_rate": settings.learning_rate, "stop_reason": history["stop_reason"], "loop_seconds": loop_seconds,
             "eval_seconds": history["eval_seconds"],
             "tuning": {name: kept["scores"][name] for name in kept["scores"]},
+            "tuning_last": {"step": history["evals"][-1]["step"], **history["evals"][-1]["counts"]},
             "test": {name: {m: list(after["counts"][name][m]) for m in MEASURES} for name in after["counts"]},
             "test_forget_by_kind": {k: {m: list(v[m]) for m in MEASURES} for k, v in by_kind.items()},
             "fluency_ratio": after["fluency"] / data["test_before"]["fluency"],
@@ -132,7 +133,7 @@ def named(run):
 def table(results, rows):
     """Markdown table of the test-half figures, mean ± spread over seeds (k/n of the first seed in brackets)."""
     header = ("| row | seeds | forget kw kept: paraphrase / unseen | forget lik kept: paraphrase / unseen | "
-              "neighbour kw / lik | general kw / lik | fluency × | held-out acc Δ (pts) | watched answers naming the topic | "
+              "neighbour kw / lik | general kw / lik | fluency × | held-out acc Δ (pts) | watched answers naming a topic keyword | "
               "kept step | loop min (evaluation %) |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
@@ -157,13 +158,17 @@ def table(results, rows):
 
 
 def best_on_tuning(results, rows):
-    """The row whose kept checkpoints forgot most on the TUNING probes, mean over seeds: likelihood first (what the model
-    still knows), keyword (what it still says) to break ties. A refusal that hides the facts cannot win on words alone."""
+    """The row whose kept checkpoints forgot most on the TUNING probes, mean over the seeds that every row has run:
+    likelihood first (what the model still knows), keyword (what it still says) to break ties. A refusal that hides
+    the facts cannot win on words alone, and a row is not favoured by having fewer (luckier) seeds."""
+    present = [row for row in rows if any(key.split("@")[0] == row for key in results)]
+    seeds_of = lambda row: {key.split("@")[1] for key in results if key.split("@")[0] == row}
+    shared = set.intersection(*map(seeds_of, present)) if present else set()
+
     def rank(row):
-        runs = [r for key, r in results.items() if key.split("@")[0] == row]
+        runs = [r for key, r in results.items() if key.split("@")[0] == row and (not shared or key.split("@")[1] in shared)]
         return (round(statistics.mean(r["tuning"]["forget"]["likelihood"] for r in runs), 3),
                 statistics.mean(r["tuning"]["forget"]["keyword"] for r in runs))
-    present = [row for row in rows if any(key.split("@")[0] == row for key in results)]
     return min(present, key=rank) if present else None
 
 
@@ -215,8 +220,8 @@ def main():
             f"defaults otherwise ({', '.join(f'{k}={v:g}' for k, v in defaults.items())}). TEST half of the probes, "
             f"kept share of what the original knew, mean ± spread over seeds in %, k/n of the first seed in brackets. "
             f"Each run kept the checkpoint its tuning probes chose.\n\n{table(chosen, rows)}\n\n"
-            f"Best on the TUNING half (each kept checkpoint already has retention within tolerance; likelihood "
-            f"kept first, keyword kept to break ties): "
+            f"Best on the TUNING half, over the seeds every row has run (each kept checkpoint already has retention "
+            f"within tolerance; likelihood kept first, keyword kept to break ties): "
             f"**{best_on_tuning(chosen, rows)}**.\n")
     missing = [row for row in rows if not any(key.split("@")[0] == row for key in chosen)]
     if missing:
