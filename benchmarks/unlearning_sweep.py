@@ -29,7 +29,6 @@ ROWS = {
     "npo": ("npo", None, None),
     "targeted_npo": ("targeted_npo", None, None),
     "targeted_npo_lr1e-5": ("targeted_npo", None, 1e-5),
-    "targeted_npo_lr5e-5": ("targeted_npo", None, 5e-5),
     "targeted_npo_no_kl": ("targeted_npo", 0.0, None),
     "rmu": ("rmu", None, 1e-3),
     "idk": ("idk", None, None),
@@ -147,7 +146,7 @@ def table(results, rows):
                                      for k in ("paraphrase", "unseen"))
         sets = lambda name: " / ".join(f"{mean_spread([share(r['test'][name][m]) for r in runs])} "
                                        f"({first['test'][name][m][0]}/{first['test'][name][m][1]})" for m in MEASURES)
-        lines.append(f"| {row} | {len(runs)} | {kinds('keyword')} | {kinds('likelihood')} | {sets('neighbour')} | "
+        lines.append(f"| {row} (lr {first['learning_rate']:g}) | {len(runs)} | {kinds('keyword')} | {kinds('likelihood')} | {sets('neighbour')} | "
                      f"{sets('general')} | {statistics.mean(r['fluency_ratio'] for r in runs):.2f} | "
                      f"{100 * statistics.mean(r['accuracy_change'] for r in runs):+.1f} | "
                      f"{', '.join(named(r) for r in runs)} | "
