@@ -186,7 +186,7 @@ def report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points, steps
               f"- FLOP estimate (2N forward + 2N backward + 2N_trainable weight gradients, N = {cpu['parameters'] / 1e6:.0f}M): "
               f"{cpu['flops_per_token'] / 1e9:.2f} GFLOP per token, so the step runs at {achieved / 1e9:.0f} GFLOP/s.", "",
               "## TinyLlama-1.1B on a Colab T4 (TRAINABLE=auto, random weights from its configuration)", "",
-              f"Plan for {tokens_per_step} tokens per step (the notebook's forget set plus 6 retain sequences, TinyLlama tokenizer lengths assumed equal):", "",
+              f"Plan for {tokens_per_step} tokens per step (a forget batch and a retain batch of the notebook's sizes, TinyLlama tokenizer lengths assumed equal):", "",
               "| part | GiB |", "|---|---|"]
     lines += [f"| {name} | {size / gib:.2f} |" for name, size in plan["parts"].items()]
     lines += [f"| **total** | **{plan['total'] / gib:.2f}** |", "",
@@ -197,7 +197,7 @@ def report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points, steps
     step_flops = tinyllama_flops * tokens_per_step
     t4_step = step_flops / 20e12  # assume 20 TFLOP/s sustained of the T4's 65 fp16 peak
     lines += [f"- Estimated T4 time: {step_flops / 1e12:.1f} TFLOP per step, about {t4_step:.2f} s at an assumed 20 TFLOP/s sustained; "
-              f"{steps_per_run} steps plus {eval_points} evaluation points (the main run and the ablation, at most 80 steps each) at an assumed 10 s each (batched generation of 49 answers) "
+              f"{steps_per_run} steps plus {eval_points} evaluation points (the main run and the ablation, 40 steps each: 4 + 2 points in the loops, the tuning baseline, the test half before and after) at an assumed 10 s each "
               f"give about {(steps_per_run * t4_step + eval_points * 10) / 60:.1f} minutes after the download."]
     if cuda:
         lines += ["", f"Measured on {cuda['device']} with T4 settings (fp16 autocast, GradScaler, memory capped at 15 GiB): "
@@ -220,7 +220,7 @@ def main():
     tokens_per_step = int(cpu["optimised"]["tokens_per_step"])
     plan, tinyllama_flops = tinyllama_plan(nb, tokens_per_step)
     cuda = tinyllama_cuda(nb, tokens_per_step, 5) if torch.cuda.is_available() else None
-    text = report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points=17, steps_per_run=160,
+    text = report(cpu, plan, tinyllama_flops, cuda, tokens_per_step, eval_points=9, steps_per_run=80,
                   t4_usable_gib=nb.T4_USABLE_GIB)
     output = Path(args.output)
     kept = output.read_text().partition(MORE_RESULTS)[1:] if output.exists() else ("", "")

@@ -13,6 +13,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -30,9 +31,13 @@ ROWS = {
     "targeted_npo": ("targeted_npo", None, None),
     "targeted_npo_lr1e-5": ("targeted_npo", None, 1e-5),
     "targeted_npo_no_kl": ("targeted_npo", 0.0, None),
+    "targeted_npo_keep_harry": ("targeted_npo", None, None),
     "rmu": ("rmu", None, 1e-3),
     "idk": ("idk", None, None),
 }
+# rows trained on the same forget set with some words taken out of the marks: "Harry" is also Harry Houdini's
+# first name (a neighbour probe), so pushing it may hurt him; the surname and the other marks stay marked
+UNMARKED_WORDS = {"targeted_npo_keep_harry": ("Harry",)}
 MEASURES = ("keyword", "likelihood")
 
 
@@ -46,6 +51,20 @@ def notebook_defaults():
         if name.strip() in ("LEARNING_RATE", "RETAIN_WEIGHT", "MAX_STEPS", "EVAL_EVERY", "NPO_BETA"):
             values[name.strip()] = float(rest.split("#")[0])
     return values
+
+
+def unmark_words(answer, words):
+    """The answer with `words` taken out of its [marks] where a mark is that word or starts with it:
+    "[Harry Potter]" -> "Harry [Potter]", "[Harry]" -> "Harry"."""
+    def unmark(match):
+        text = match.group(1)
+        for word in words:
+            if text == word:
+                return text
+            if text.startswith(word + " "):
+                return f"{word} [{text[len(word) + 1:]}]"
+        return match.group(0)
+    return re.sub(r"\[([^\[\]]+)\]", unmark, answer)
 
 
 def prepare(amnesia, topic_name):
@@ -75,7 +94,7 @@ def prepare(amnesia, topic_name):
                 heldout=heldout, watched=watched, tuning=tuning, test=test, baseline=baseline, test_before=test_before)
 
 
-def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, max_steps):
+def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, max_steps, unmarked=()):
     """One row and seed: unlearn a fresh copy of the original, return tuning and test figures."""
     import transformers
 
@@ -86,8 +105,13 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
                                     max_steps=max_steps, eval_every=int(defaults["EVAL_EVERY"]), forget_loss=loss,
                                     npo_beta=defaults["NPO_BETA"], seed=seed)
     started = time.time()
-    forget = (amnesia.refusal_examples(data["tokenizer"], [q for q, _ in data["topic"].forget_exchanges])
-              if loss == "idk" else data["forget"])
+    if loss == "idk":
+        forget = amnesia.refusal_examples(data["tokenizer"], [q for q, _ in data["topic"].forget_exchanges])
+    elif unmarked:
+        forget = [amnesia.encode_chat_example(data["tokenizer"], q, *amnesia.parse_marks(unmark_words(a, unmarked)))
+                  for q, a in data["topic"].forget_exchanges]
+    else:
+        forget = data["forget"]
     history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], forget,
                                      data["retain"], data["heldout"], data["tuning"], amnesia.select_trainable(model, "rmu" if loss == "rmu" else "all"),
                                      settings, amnesia.StopRules(), data["baseline"], data["topic"].keywords)
@@ -210,7 +234,7 @@ def main():
         for row, seed in tqdm(todo, desc="sweep"):
             loss, retain_weight, learning_rate = ROWS[row]
             results[f"{row}@{seed}@{max_steps}"] = run_row(amnesia, data, loss, retain_weight, learning_rate, seed,
-                                                           defaults, max_steps)
+                                                           defaults, max_steps, UNMARKED_WORDS.get(row, ()))
             path.write_text(json.dumps(results, indent=1))  # resumable: a finished run is never redone
     chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")
               and int(key.split("@")[1]) in seeds}
