@@ -117,7 +117,7 @@ def test_same_seed_gives_the_same_numbers_twice(bundled, tiny_run):
     assert runs[0] == runs[1] and len(runs[0]) == 2
 
 
-def test_rmu_runs_through_the_loop_and_its_seed_fixes_the_steer_vector(amnesia, bundled, tiny_run):
+def test_rmu_runs_through_the_loop_reproducibly(amnesia, bundled, tiny_run):
     model, _ = bundled
     runs = []
     for _ in range(2):

@@ -6,6 +6,17 @@ QUESTION = "Who is Harry Potter?"
 TARGET = "Harry Potter is a wizard in the series by J.K. Rowling."
 
 
+class FixedLogits(torch.nn.Module):
+    """A stand-in model that returns the given logits, honouring `logits_to_keep` (0 keeps all, as in transformers)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, input_ids, attention_mask, logits_to_keep=0):
+        return type("Output", (), {"logits": self.logits[:, -logits_to_keep:]})()
+
+
 def assert_answer_is_tokenised_in_place(amnesia, tokenizer, question, answer):
     """The labelled ids are the answer's ids inside the jointly tokenised exchange, and decode to the answer."""
     example = amnesia.encode_chat_example(tokenizer, question, answer)
@@ -95,14 +106,9 @@ def test_targeted_losses_push_only_the_marked_tokens(amnesia):
     logits = torch.randn(1, 5, 7, requires_grad=True)
     batch = {"labels": torch.tensor([[amnesia.IGNORE, amnesia.IGNORE, 3, 4, 5]]),
              "marks": torch.tensor([[False, False, False, True, False]])}
-
-    class Fixed(torch.nn.Module):
-        def forward(self, input_ids, attention_mask, logits_to_keep=0):  # 0 keeps all, as in transformers
-            return type("Output", (), {"logits": logits[:, -logits_to_keep:]})()
-
     reference = torch.log_softmax(logits.detach()[0, 1:4], -1)  # the reference equals the model on the 3 answer tokens
     settings = amnesia.LoopSettings(learning_rate=1e-5, retain_weight=1.0, max_steps=1, eval_every=1, forget_loss="targeted_ga")
-    forget, keep_kl, _ = amnesia.forget_loss_terms(Fixed(), {**batch, "input_ids": None, "attention_mask": None}, reference, settings)
+    forget, keep_kl, _ = amnesia.forget_loss_terms(FixedLogits(logits), {**batch, "input_ids": None, "attention_mask": None}, reference, settings)
     assert abs(keep_kl.item()) < 1e-6  # unmarked tokens equal to the reference: nothing to pull back
     forget.backward()
     moved = logits.grad[0].abs().sum(-1)
@@ -119,14 +125,9 @@ def test_idk_learns_the_refusal_with_plain_cross_entropy(amnesia, bundled):
     logits = torch.randn(1, 4, 6, requires_grad=True)
     batch = {"labels": torch.tensor([[amnesia.IGNORE, amnesia.IGNORE, 3, 5]]), "marks": torch.zeros(1, 4, dtype=torch.bool),
              "input_ids": None, "attention_mask": None}
-
-    class Fixed(torch.nn.Module):
-        def forward(self, input_ids, attention_mask, logits_to_keep=0):
-            return type("Output", (), {"logits": logits[:, -logits_to_keep:]})()
-
     settings = amnesia.LoopSettings(learning_rate=1e-5, retain_weight=1.0, max_steps=1, eval_every=1, forget_loss="idk")
     reference = torch.log_softmax(torch.randn(2, 6), -1)
-    forget, keep_kl, nll = amnesia.forget_loss_terms(Fixed(), batch, reference, settings)
+    forget, keep_kl, nll = amnesia.forget_loss_terms(FixedLogits(logits), batch, reference, settings)
     expected = torch.nn.functional.cross_entropy(logits[0, 1:3].detach(), torch.tensor([3, 5]))
     assert torch.allclose(forget.detach(), expected) and torch.allclose(nll.detach(), expected)
     assert keep_kl.item() == 0.0  # every answer token is learned, none is held
@@ -194,6 +195,8 @@ def test_rmu_trains_only_its_layers_and_moves_the_activations_to_the_steer_vecto
     layers = amnesia.decoder_layers(fresh_model)
     assert {id(p) for p in params} == {id(p) for l in layers[layer - 2:layer + 1] for p in l.mlp.parameters()}
     steer = amnesia.rmu_steer(reference, batch, layer, 4.0, seed=0)
+    other = amnesia.rmu_steer(reference, batch, layer, 4.0, seed=1)
+    assert torch.allclose(steer.norm(), other.norm()) and not torch.allclose(steer, other)  # the seed picks the direction
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     losses = []
     for _ in range(3):
