@@ -26,7 +26,7 @@ test: install
 	$(VENV)/bin/nbstripout --verify targeted_amnesia.ipynb
 	$(PYTHON) -m pytest tests -v --durations=5
 	AMNESIA_MODEL=bundled AMNESIA_MAX_STEPS=2 AMNESIA_EVAL_EVERY=1 AMNESIA_OUTPUT_DIR=$(NBVAL_OUTPUT_DIR) \
-	  AMNESIA_TOPIC="The Beatles" AMNESIA_FORGET_LOSS=rmu AMNESIA_LEARNING_RATE=1e-3 \
+	  AMNESIA_TOPIC="The Beatles" AMNESIA_FORGET_LOSS=rmu AMNESIA_LEARNING_RATE=1e-3 AMNESIA_RUN_ABLATION=0 \
 	  $(PYTHON) -m pytest --nbval-lax --nbval-current-env targeted_amnesia.ipynb -p no:cacheprovider
 
 clean:

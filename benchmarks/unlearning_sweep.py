@@ -23,21 +23,25 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from notebook_loader import load_notebook_functions  # noqa: E402
 
-# name -> (forget loss, retain weight, learning rate); None means the notebook's default
+# name -> (forget loss, retain weight, learning rate); retain weight None means the notebook's default. The
+# learning rate is always written out, so a stored row keeps its meaning when the notebook's default changes.
 ROWS = {
-    "gradient_ascent": ("gradient_ascent", None, None),
-    "targeted_ga": ("targeted_ga", None, None),
-    "npo": ("npo", None, None),
-    "targeted_npo": ("targeted_npo", None, None),
-    "targeted_npo_lr1e-5": ("targeted_npo", None, 1e-5),
-    "targeted_npo_no_kl": ("targeted_npo", 0.0, None),
-    "targeted_npo_keep_harry": ("targeted_npo", None, None),
+    "gradient_ascent": ("gradient_ascent", None, 3e-5),
+    "npo": ("npo", None, 3e-5),
+    "targeted_ga_harry_marked": ("targeted_ga", None, 3e-5),
+    "targeted_npo_harry_marked": ("targeted_npo", None, 3e-5),
+    "targeted_npo_lr1e-5_harry_marked": ("targeted_npo", None, 1e-5),
+    "targeted_npo_no_kl_harry_marked": ("targeted_npo", 0.0, 3e-5),
+    "targeted_npo": ("targeted_npo", None, 3e-5),
+    "targeted_npo_lr6e-5": ("targeted_npo", None, 6e-5),
+    "targeted_npo_lr1e-4": ("targeted_npo", None, 1e-4),
+    "targeted_simnpo": ("targeted_simnpo", None, 6e-5),
     "rmu": ("rmu", None, 1e-3),
-    "idk": ("idk", None, None),
+    "idk": ("idk", None, 3e-5),
 }
-# rows trained on the same forget set with some words taken out of the marks: "Harry" is also Harry Houdini's
-# first name (a neighbour probe), so pushing it may hurt him; the surname and the other marks stay marked
-UNMARKED_WORDS = {"targeted_npo_keep_harry": ("Harry",)}
+# rows trained with the first name "Harry" marked as well, as the preset had it before the sweep showed that pushing
+# it hurts Harry Houdini (a neighbour probe); only the targeted losses read the marks
+MARKED_WORDS = {name: ("Harry",) for name in ROWS if name.endswith("_harry_marked")}
 MEASURES = ("keyword", "likelihood")
 
 
@@ -53,18 +57,13 @@ def notebook_defaults():
     return values
 
 
-def unmark_words(answer, words):
-    """The answer with `words` taken out of its [marks] where a mark is that word or starts with it:
-    "[Harry Potter]" -> "Harry [Potter]", "[Harry]" -> "Harry"."""
-    def unmark(match):
-        text = match.group(1)
-        for word in words:
-            if text == word:
-                return text
-            if text.startswith(word + " "):
-                return f"{word} [{text[len(word) + 1:]}]"
-        return match.group(0)
-    return re.sub(r"\[([^\[\]]+)\]", unmark, answer)
+def mark_words(answer, words):
+    """The answer with every unmarked `word` marked, joined to a mark that follows it:
+    "Harry [Potter]" -> "[Harry Potter]", "Harry's" -> "[Harry]'s"."""
+    for word in words:
+        answer = re.sub(rf"\b{re.escape(word)} \[", f"[{word} ", answer)
+        answer = re.sub(rf"(?<!\[)\b{re.escape(word)}\b", f"[{word}]", answer)
+    return answer
 
 
 def prepare(amnesia, topic_name):
@@ -94,7 +93,7 @@ def prepare(amnesia, topic_name):
                 heldout=heldout, watched=watched, tuning=tuning, test=test, baseline=baseline, test_before=test_before)
 
 
-def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, max_steps, unmarked=()):
+def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, max_steps, marked=()):
     """One row and seed: unlearn a fresh copy of the original, return tuning and test figures."""
     import transformers
 
@@ -107,8 +106,8 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
     started = time.time()
     if loss == "idk":
         forget = amnesia.refusal_examples(data["tokenizer"], [q for q, _ in data["topic"].forget_exchanges])
-    elif unmarked:
-        forget = [amnesia.encode_chat_example(data["tokenizer"], q, *amnesia.parse_marks(unmark_words(a, unmarked)))
+    elif marked:
+        forget = [amnesia.encode_chat_example(data["tokenizer"], q, *amnesia.parse_marks(mark_words(a, marked)))
                   for q, a in data["topic"].forget_exchanges]
     else:
         forget = data["forget"]
@@ -234,7 +233,7 @@ def main():
         for row, seed in tqdm(todo, desc="sweep"):
             loss, retain_weight, learning_rate = ROWS[row]
             results[f"{row}@{seed}@{max_steps}"] = run_row(amnesia, data, loss, retain_weight, learning_rate, seed,
-                                                           defaults, max_steps, UNMARKED_WORDS.get(row, ()))
+                                                           defaults, max_steps, MARKED_WORDS.get(row, ()))
             path.write_text(json.dumps(results, indent=1))  # resumable: a finished run is never redone
     chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")
               and int(key.split("@")[1]) in seeds}

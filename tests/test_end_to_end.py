@@ -14,10 +14,10 @@ from nbclient import NotebookClient
 from conftest import NOTEBOOK
 
 MARGIN = 0.15  # one or two probes either way: the test half has ~10-27 known probes per set and measure
-# The sweep's default row (targeted_npo at 3e-5, seed 0) on the test half: forget likelihood kept 17/27,
-# neighbour 14/15 by keyword and 19/19 by likelihood, general 14/15 and 9/9.
-FORGET_LIKELIHOOD_KEPT = 17 / 27
-KEEP_FLOOR = {"neighbour": {"keyword": 14 / 15, "likelihood": 1.0}, "general": {"keyword": 14 / 15, "likelihood": 1.0}}
+# The sweep's default row (targeted_npo at 6e-5, "Harry" unmarked, seed 0) on the test half: forget likelihood kept
+# 12/27, neighbour 13/15 by keyword and 18/19 by likelihood, general 15/15 and 8/9.
+FORGET_LIKELIHOOD_KEPT = 12 / 27
+KEEP_FLOOR = {"neighbour": {"keyword": 13 / 15, "likelihood": 18 / 19}, "general": {"keyword": 15 / 15, "likelihood": 8 / 9}}
 ABLATION_DAMAGE = 0.2  # summed over neighbour and general, both measures: without KL they must lose clearly more
 
 
@@ -83,7 +83,7 @@ def test_baseline_verdict_marks_and_live_log_are_shown(run):
     text = "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                      for output in cell.get("outputs", []))
     assert "VERDICT: the model KNOWS the topic" in text
-    assert "A: [Harry Potter] is a [wizard] in the series by [J.K. Rowling]." in text
+    assert "A: Harry [Potter] is a [wizard] in the series by [J.K. Rowling]." in text
     assert "automatic marks against hand marks" in text
     assert "step   10/" in text and "[trained ] Who is Harry Potter?" in text and "[held-out] What are the Harry" in text
     assert "stopped at step" in text and "kept the weights of step" in text

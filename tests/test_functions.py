@@ -66,7 +66,7 @@ def test_marks_cover_the_marked_words_only(amnesia, bundled):
     _, tokenizer = bundled
     question, marked = amnesia.HARRY_POTTER.forget_exchanges[0]
     answer, spans = amnesia.parse_marks(marked)
-    assert answer == TARGET and [answer[a:b] for a, b in spans] == ["Harry Potter", "wizard", "J.K. Rowling"]
+    assert answer == TARGET and [answer[a:b] for a, b in spans] == ["Potter", "wizard", "J.K. Rowling"]
     example = amnesia.encode_chat_example(tokenizer, question, answer, spans)
     assert amnesia.show_marks(tokenizer, example) == marked
     pushed = [t for t, m in zip(example["input_ids"], example["marks"]) if m]
@@ -147,6 +147,28 @@ def test_npo_starts_like_gradient_ascent_and_fades(amnesia):
     assert far.item() < 1e-3  # once the tokens are very unlikely, the push is gone
 
 
+def test_simnpo_ignores_the_reference_and_spares_unlikely_tokens(amnesia):
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 6)
+    batch = {"labels": torch.tensor([[amnesia.IGNORE, 2, 3, 5]]), "marks": torch.tensor([[False, True, True, True]]),
+             "input_ids": None, "attention_mask": None}
+    logits[0, 2, 5] = -8.0  # the third answer token (predicted at position 2) is already unlikely
+    settings = amnesia.LoopSettings(learning_rate=1e-5, retain_weight=1.0, max_steps=1, eval_every=1,
+                                    forget_loss="targeted_simnpo", npo_beta=1.0)
+    grads = []
+    for reference in (torch.log_softmax(torch.randn(3, 6), -1), torch.log_softmax(torch.randn(3, 6), -1)):
+        leaf = logits.clone().requires_grad_(True)
+        forget, _, _ = amnesia.forget_loss_terms(FixedLogits(leaf), batch, reference, settings)
+        forget.backward()
+        grads.append(leaf.grad.clone())
+    assert torch.allclose(grads[0], grads[1])  # the reference plays no part
+    p = torch.softmax(logits[0, :3], -1)[torch.arange(3), torch.tensor([2, 3, 5])]
+    weight = 2 * p / (1 + p)  # d loss / d log p of each token, divided by the 3 pushed tokens
+    labels_logit_grad = grads[0][0, torch.arange(3), torch.tensor([2, 3, 5])]
+    assert torch.allclose(labels_logit_grad, weight * (1 - p) / 3, atol=1e-6)
+    assert labels_logit_grad[2] < 1e-3 < labels_logit_grad[0]  # the unlikely token is barely pushed
+
+
 def test_one_gradient_ascent_step_raises_the_forget_loss(amnesia, bundled, fresh_model):
     _, tokenizer = bundled
     forget = amnesia.collate([amnesia.encode_chat_example(tokenizer, QUESTION, TARGET)], tokenizer.pad_token_id, "cpu")
@@ -220,6 +242,17 @@ def test_kl_is_zero_for_identical_models_and_positive_after_a_change(amnesia, bu
         changed = amnesia.kl_to_reference(amnesia.label_logprobs(fresh_model, batch), reference_logprobs).item()
     assert abs(same) < 1e-4
     assert changed > 0.01
+
+
+def test_reference_logprobs_in_batches_equal_one_at_a_time(amnesia, bundled):
+    model, tokenizer = bundled
+    examples = ([amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS[:2]]
+                + [amnesia.encode_chat_example(tokenizer, "Who is Harry Potter?", "A wizard.")])
+    batched = amnesia.reference_logprobs_per_example(model, examples, tokenizer.pad_token_id, "cpu", batch_size=2)
+    single = amnesia.reference_logprobs_per_example(model, examples, tokenizer.pad_token_id, "cpu", batch_size=1)
+    assert [b.shape[0] for b in batched] == [sum(label != amnesia.IGNORE for label in e["labels"]) for e in examples]
+    for b, s in zip(batched, single):
+        assert torch.allclose(b, s, atol=1e-3)
 
 
 def test_kl_is_a_per_token_mean(amnesia):
