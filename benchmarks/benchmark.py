@@ -129,14 +129,14 @@ def tinyllama_plan(nb, tokens_per_step):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(LlamaConfig(**TINYLLAMA_CONFIG))
     nb.select_trainable(model, "auto")
-    return nb.memory_plan(model, tokens_per_step, on_gpu=True), flops_per_token(model)
+    return nb.memory_plan(model, tokens_per_step, half_precision=True), flops_per_token(model)
 
 
 def tinyllama_cuda(nb, tokens_per_step, steps):
     """Measured peak memory and step time of the T4 settings on a real CUDA device, random weights."""
     torch.cuda.set_per_process_memory_fraction(min(1.0, 15 * 2 ** 30 / torch.cuda.mem_get_info()[1]))
     model = AutoModelForCausalLM.from_config(LlamaConfig(**TINYLLAMA_CONFIG), dtype=torch.float32).cuda()
-    reference = nb.make_frozen_reference(model)
+    reference = nb.make_frozen_reference(model, nb.resolve_precision("cuda", "float16"))
     params = nb.select_trainable(model, "auto")
     optimizer = torch.optim.AdamW(params, lr=4e-6)
     scaler = torch.amp.GradScaler("cuda")

@@ -6,6 +6,23 @@ import pytest
 from notebook_loader import NOTEBOOK, load_notebook_functions  # noqa: F401  (NOTEBOOK is used by other tests)
 
 
+def llama_style_tokenizer():
+    """A small SentencePiece-style BPE tokenizer (Metaspace, prepend_scheme='first') with TinyLlama's chat format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    core.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    corpus = ["Harry Potter is a wizard in the series by J.K. Rowling.", "Who is Harry Potter?",
+              "Harry Potter goes to Hogwarts.", "Who wrote the books? Rowling wrote them."] * 20
+    core.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    return tokenizer
+
+
 @pytest.fixture(scope="session")
 def amnesia():
     return load_notebook_functions()
@@ -39,10 +56,11 @@ def tiny_run(amnesia, bundled):
     baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
 
     def run(model, steps=2, learning_rate=1e-5, rules=amnesia.StopRules(), retain_weight=1.0, eval_every=10,
-            forget_loss="targeted_ga"):
+            forget_loss="targeted_ga", precision="auto", trainable="all", frozen_reference=None):
         settings = amnesia.LoopSettings(learning_rate=learning_rate, retain_weight=retain_weight, max_steps=steps,
-                                        eval_every=eval_every, forget_loss=forget_loss, retain_batch_size=2)
-        return amnesia.run_unlearning(model, reference, tokenizer, watched, forget, retain, heldout, probe_sets,
-                                      amnesia.select_trainable(model, "all"), settings, rules, baseline,
+                                        eval_every=eval_every, forget_loss=forget_loss, retain_batch_size=2,
+                                        precision=precision)
+        return amnesia.run_unlearning(model, frozen_reference or reference, tokenizer, watched, forget, retain, heldout,
+                                      probe_sets, amnesia.select_trainable(model, trainable), settings, rules, baseline,
                                       amnesia.HARRY_POTTER.keywords)
     return run

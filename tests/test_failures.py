@@ -1,5 +1,6 @@
 """Bad input and failures: each gives a plain message (AmnesiaError) or a clean stop, and nothing is lost."""
 import copy
+import math
 import os
 
 import pytest
@@ -56,7 +57,7 @@ def test_non_numeric_overrides_are_named(amnesia, name, value):
 def test_out_of_range_settings_are_named(amnesia, name, value):
     config = dict(MODEL="bundled", TOPIC="Harry Potter", FORGET_QUESTION=QUESTION, FORGET_TARGET="A wizard.",
                   FORGET_LOSS="gradient_ascent", NPO_BETA=0.1, LEARNING_RATE=1e-5, RETAIN_WEIGHT=10.0, MAX_STEPS=80, EVAL_EVERY=10,
-                  TRAINABLE="auto", OUTPUT_DIR="outputs")
+                  TRAINABLE="auto", PRECISION="auto", OUTPUT_DIR="outputs")
     with pytest.raises(amnesia.AmnesiaError, match=name):
         amnesia.validate_config({**config, name: value})
 
@@ -126,3 +127,74 @@ def test_rmu_runs_through_the_loop_reproducibly(amnesia, bundled, tiny_run):
         runs.append([s["loss"] for s in history["steps"]])
     assert runs[0] == runs[1] and len(runs[0]) == 2
     assert all(0.5 < loss < 3 for loss in runs[0]), runs  # the relative RMU term plus a small KL
+
+
+def one_step_inputs(amnesia, bundled):
+    """A marked forget batch, a retain batch and the reference's log-probabilities of both."""
+    reference, tokenizer = bundled
+    pad = tokenizer.pad_token_id
+    forget = [amnesia.encode_chat_example(tokenizer, "Who is Harry Potter?", *amnesia.parse_marks("Harry [Potter] is a [wizard]."))]
+    retain = [amnesia.encode_text_example(tokenizer, amnesia.RETAIN_TEXTS[0])]
+    return (amnesia.collate(forget, pad, "cpu"), torch.cat(amnesia.reference_logprobs_per_example(reference, forget, pad, "cpu")),
+            amnesia.collate(retain, pad, "cpu"), torch.cat(amnesia.reference_logprobs_per_example(reference, retain, pad, "cpu")))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_an_infinite_gradient_never_reaches_the_weights(amnesia, bundled, fresh_model, precision):
+    """float32: the step raises and nothing changes; float16 (the T4's path): the loss scaler skips the update and
+    lowers its scale, and the run goes on."""
+    chosen = amnesia.resolve_precision("cpu", precision)
+    autocast, scaler = amnesia.precision_for("cpu", chosen)
+    assert (scaler is not None) == (precision == "float16")
+    params = amnesia.select_trainable(fresh_model, "middle-mlp")
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    settings = amnesia.LoopSettings(learning_rate=1e-3, retain_weight=1.0, max_steps=1, eval_every=1,
+                                    forget_loss="targeted_npo", precision=precision)
+    inputs = one_step_inputs(amnesia, bundled)
+    step = lambda: amnesia.training_step(fresh_model, optimizer, *inputs, settings, autocast, scaler)
+    before = [p.detach().clone() for p in params]
+    hook = params[0].register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    if scaler is None:
+        with pytest.raises(amnesia.NonFiniteLoss, match="gradients"):
+            step()
+    else:
+        scale = scaler.get_scale()
+        assert step()["skipped"] and scaler.get_scale() < scale
+    hook.remove()
+    assert all(torch.equal(b, p) for b, p in zip(before, params))
+    for _ in range(4):  # without the injected inf the step updates (float16 may first skip a few real overflows)
+        if not step()["skipped"]:
+            break
+    assert not all(torch.equal(b, p) for b, p in zip(before, params))
+
+
+def test_the_t4_recipe_runs_on_the_cpu(amnesia, bundled, tiny_run):
+    """float16 autocast, loss scaler, float16 reference, middle-layer MLPs: the Colab T4 path, executed here."""
+    model, _ = bundled
+    edited = copy.deepcopy(model)
+    half_reference = amnesia.make_frozen_reference(model, amnesia.resolve_precision("cpu", "float16"))
+    assert {p.dtype for p in half_reference.parameters()} == {torch.float16}
+    before = {name: p.detach().clone() for name, p in edited.named_parameters()}
+    history = tiny_run(edited, steps=3, rules=None, learning_rate=1e-4, forget_loss="targeted_npo", precision="float16",
+                       trainable="middle-mlp", frozen_reference=half_reference)
+    losses = [s["forget_loss"] for s in history["steps"]]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses + [s["kl"] for s in history["steps"]]), history["steps"]
+    assert losses[-1] != losses[0]
+    trainable = {name for name, p in edited.named_parameters() if p.requires_grad}
+    changed = {name for name, p in edited.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and changed <= trainable and all(".mlp." in name for name in trainable)
+    assert {p.dtype for p in edited.parameters()} == {torch.float32}  # autocast: 16-bit arithmetic, float32 weights
+
+
+def test_the_original_is_rebuilt_exactly_after_training(amnesia, bundled, tiny_run):
+    """The ablation's start and the widget's 'original' equal the model before training, whatever the reference's precision."""
+    model, _ = bundled
+    edited = copy.deepcopy(model)
+    params = amnesia.select_trainable(edited, "middle-mlp")
+    before_training = amnesia.snapshot(params)
+    tiny_run(edited, steps=1, rules=None, learning_rate=1e-3, trainable="middle-mlp")
+    original = amnesia.original_copy(edited, params, before_training, "cpu")
+    wanted, got, trained = model.state_dict(), original.state_dict(), edited.state_dict()
+    assert all(torch.equal(wanted[k], got[k]) for k in wanted)
+    assert not all(torch.equal(wanted[k], trained[k]) for k in wanted)  # the edited model itself did change
+    assert {p.dtype for p in original.parameters()} == {torch.float32}

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from conftest import llama_style_tokenizer
+
 QUESTION = "Who is Harry Potter?"
 TARGET = "Harry Potter is a wizard in the series by J.K. Rowling."
 
@@ -37,22 +39,6 @@ def assert_answer_is_tokenised_in_place(amnesia, tokenizer, question, answer):
 def test_answer_labels_cover_exactly_the_answer(amnesia, bundled):
     _, tokenizer = bundled
     assert_answer_is_tokenised_in_place(amnesia, tokenizer, QUESTION, TARGET)
-
-
-def llama_style_tokenizer():
-    """A small SentencePiece-style BPE tokenizer (Metaspace, prepend_scheme='first') with TinyLlama's chat format."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-    core.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
-    corpus = [TARGET, QUESTION, "Harry Potter goes to Hogwarts.", "Who wrote the books? Rowling wrote them."] * 20
-    core.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    tokenizer.chat_template = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n"
-                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-    return tokenizer
 
 
 def test_answer_is_tokenised_in_place_with_a_sentencepiece_tokenizer(amnesia):
@@ -319,13 +305,24 @@ def test_env_overrides_are_typed(amnesia):
 def test_bad_configuration_is_named(amnesia):
     good = dict(MODEL="bundled", TOPIC="Harry Potter", FORGET_QUESTION="Who is Harry Potter?", FORGET_TARGET=TARGET, FORGET_LOSS="npo",
                 LEARNING_RATE=1e-5, NPO_BETA=0.1,
-                RETAIN_WEIGHT=5.0, MAX_STEPS=10, EVAL_EVERY=5, TRAINABLE="all", OUTPUT_DIR="outputs", SEED=0)
+                RETAIN_WEIGHT=5.0, MAX_STEPS=10, EVAL_EVERY=5, TRAINABLE="all", PRECISION="auto", OUTPUT_DIR="outputs", SEED=0)
     assert amnesia.validate_config(good) == good
     with pytest.raises(amnesia.AmnesiaError) as error:
         amnesia.validate_config({**good, "FORGET_QUESTION": "  ", "LEARNING_RATE": -1.0, "EVAL_EVERY": 0,
-                                 "FORGET_LOSS": "ascent"})
+                                 "FORGET_LOSS": "ascent", "PRECISION": "fp8"})
     message = str(error.value)
-    assert all(name in message for name in ("FORGET_QUESTION", "LEARNING_RATE", "EVAL_EVERY", "FORGET_LOSS"))
+    assert all(name in message for name in ("FORGET_QUESTION", "LEARNING_RATE", "EVAL_EVERY", "FORGET_LOSS", "PRECISION"))
+
+
+def test_forced_precisions_on_the_cpu(amnesia):
+    assert amnesia.resolve_precision("cpu", "auto") == amnesia.Precision("float32", False, "float32 (auto: CPU)")
+    half = amnesia.resolve_precision("cpu", "float16")
+    assert half.scaled and half.name in ("float16", "bfloat16") and "GradScaler" in half.note
+    assert amnesia.resolve_precision("cpu", "bfloat16").scaled is False
+    autocast, scaler = amnesia.precision_for("cpu", half)
+    with autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == half.dtype
+    assert scaler is not None and amnesia.precision_for("cpu", amnesia.resolve_precision("cpu", "float32"))[1] is None
 
 
 def test_middle_mlp_trains_only_a_band_of_mlps(amnesia, fresh_model):
@@ -337,11 +334,11 @@ def test_middle_mlp_trains_only_a_band_of_mlps(amnesia, fresh_model):
 
 def test_memory_plan_counts_trainable_state_and_fits_decisions(amnesia, fresh_model):
     amnesia.select_trainable(fresh_model, "all")
-    everything = amnesia.memory_plan(fresh_model, tokens_per_step=1000, on_gpu=False)
+    everything = amnesia.memory_plan(fresh_model, tokens_per_step=1000, half_precision=False)
     total = sum(p.numel() for p in fresh_model.parameters())
     assert everything["parts"]["optimizer"] == 8 * total and everything["parts"]["gradients"] == 4 * total
     amnesia.select_trainable(fresh_model, "middle-mlp")
-    band = amnesia.memory_plan(fresh_model, tokens_per_step=1000, on_gpu=False)
+    band = amnesia.memory_plan(fresh_model, tokens_per_step=1000, half_precision=False)
     assert band["total"] < everything["total"]
     assert band["parts"]["activations"] < everything["parts"]["activations"]  # nothing kept below the band
     assert "DOES NOT FIT" in amnesia.describe_plan(band, band["total"] - 1)
