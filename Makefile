@@ -1,16 +1,20 @@
-# Two entry points: `make run` (the notebook headless on the bundled model) and `make test`.
+# Entry points: `make run` (the notebook headless on the bundled model), `make test`, and `make colab-check`.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 OUTPUT_DIR ?= outputs
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 NBVAL_OUTPUT_DIR := $(shell mktemp -d -u /tmp/amnesia-nbval-XXXXXX)
+COLAB_VENV ?= .venv-colab
+# every cell of the notebook on a 2-step budget, with the other preset and another loss
+NBVAL_SMOKE := AMNESIA_MODEL=bundled AMNESIA_MAX_STEPS=2 AMNESIA_EVAL_EVERY=1 AMNESIA_OUTPUT_DIR=$(NBVAL_OUTPUT_DIR) \
+  AMNESIA_TOPIC="The Beatles" AMNESIA_FORGET_LOSS=rmu AMNESIA_LEARNING_RATE=1e-3 AMNESIA_RUN_ABLATION=0
 
-.PHONY: install run test clean
+.PHONY: install run test colab-check clean
 
 install: $(VENV)/installed
 
-$(VENV)/installed: requirements.txt requirements-dev.txt
+$(VENV)/installed: requirements.txt requirements-dev.txt requirements-tools.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
@@ -25,9 +29,19 @@ run: install
 test: install
 	$(VENV)/bin/nbstripout --verify targeted_amnesia.ipynb
 	$(PYTHON) -m pytest tests -v --durations=5
-	AMNESIA_MODEL=bundled AMNESIA_MAX_STEPS=2 AMNESIA_EVAL_EVERY=1 AMNESIA_OUTPUT_DIR=$(NBVAL_OUTPUT_DIR) \
-	  AMNESIA_TOPIC="The Beatles" AMNESIA_FORGET_LOSS=rmu AMNESIA_LEARNING_RATE=1e-3 AMNESIA_RUN_ABLATION=0 \
-	  $(PYTHON) -m pytest --nbval-lax --nbval-current-env targeted_amnesia.ipynb -p no:cacheprovider
+	$(NBVAL_SMOKE) $(PYTHON) -m pytest --nbval-lax --nbval-current-env targeted_amnesia.ipynb -p no:cacheprovider
+
+# The same unit tests and nbval smoke run with the package versions Colab ships (requirements-colab.txt), in a
+# separate environment; the end-to-end run and the TinyLlama-shaped check stay with `make test`.
+colab-check: $(COLAB_VENV)/installed
+	$(COLAB_VENV)/bin/python -c "import torch, transformers, accelerate, ipywidgets, matplotlib; print('torch', torch.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '| ipywidgets', ipywidgets.__version__, '| matplotlib', matplotlib.__version__)"
+	$(COLAB_VENV)/bin/python -m pytest tests -q --ignore=tests/test_end_to_end.py --ignore=tests/test_tinyllama_shape.py
+	$(NBVAL_SMOKE) $(COLAB_VENV)/bin/python -m pytest --nbval-lax --nbval-current-env targeted_amnesia.ipynb -p no:cacheprovider -q
+
+$(COLAB_VENV)/installed: requirements-colab.txt requirements-tools.txt
+	test -x $(COLAB_VENV)/bin/python || python3 -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-colab.txt
+	touch $@
 
 clean:
-	rm -rf $(VENV) $(OUTPUT_DIR)
+	rm -rf $(VENV) $(COLAB_VENV) $(OUTPUT_DIR)
