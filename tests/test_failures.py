@@ -168,8 +168,17 @@ def test_an_infinite_gradient_never_reaches_the_weights(amnesia, bundled, fresh_
     assert not all(torch.equal(b, p) for b, p in zip(before, params))
 
 
-def test_the_t4_recipe_runs_on_the_cpu(amnesia, bundled, tiny_run):
+def test_the_t4_recipe_runs_on_the_cpu(amnesia, bundled, tiny_run, monkeypatch):
     """float16 autocast, loss scaler, float16 reference, middle-layer MLPs: the Colab T4 path, executed here."""
+    real_step, used = amnesia.training_step, []
+
+    def recording_step(*args, **kwargs):
+        autocast, scaler = args[-2:]
+        with autocast():
+            used.append(((torch.ones(2, 2) @ torch.ones(2, 2)).dtype, scaler is not None))
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(amnesia, "training_step", recording_step)
     model, _ = bundled
     edited = copy.deepcopy(model)
     half_reference = amnesia.make_frozen_reference(model, amnesia.resolve_precision("cpu", "float16"))
@@ -180,6 +189,7 @@ def test_the_t4_recipe_runs_on_the_cpu(amnesia, bundled, tiny_run):
     losses = [s["forget_loss"] for s in history["steps"]]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses + [s["kl"] for s in history["steps"]]), history["steps"]
     assert losses[-1] != losses[0]
+    assert used == [(torch.float16, True)] * 3  # every step ran in float16 arithmetic with the loss scaler
     trainable = {name for name, p in edited.named_parameters() if p.requires_grad}
     changed = {name for name, p in edited.named_parameters() if not torch.equal(p, before[name])}
     assert changed and changed <= trainable and all(".mlp." in name for name in trainable)
