@@ -8,7 +8,7 @@ NBVAL_OUTPUT_DIR := $(shell mktemp -d -u /tmp/amnesia-nbval-XXXXXX)
 COLAB_VENV ?= .venv-colab
 # every cell of the notebook on a 2-step budget, with the other preset and another loss
 NBVAL_SMOKE := AMNESIA_MODEL=bundled AMNESIA_MAX_STEPS=2 AMNESIA_EVAL_EVERY=1 AMNESIA_OUTPUT_DIR=$(NBVAL_OUTPUT_DIR) \
-  AMNESIA_TOPIC="The Beatles" AMNESIA_FORGET_LOSS=rmu AMNESIA_LEARNING_RATE=1e-3 AMNESIA_RUN_ABLATION=0
+  AMNESIA_TOPIC="The Beatles" AMNESIA_FORGET_LOSS=rmu AMNESIA_RUN_ABLATION=0 AMNESIA_ATTACK_STEPS=2
 
 .PHONY: install run test colab-check clean
 

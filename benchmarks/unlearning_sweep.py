@@ -23,8 +23,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from notebook_loader import load_notebook_functions  # noqa: E402
 
-# name -> (forget loss, retain weight, learning rate); retain weight None means the notebook's default. The
-# learning rate is always written out, so a stored row keeps its meaning when the notebook's default changes.
+# name -> (forget loss, retain weight, learning rate[, trainable weights]); retain weight None means the notebook's
+# default, trainable "all" unless written. The learning rate is always written out, so a stored row keeps its meaning
+# when the notebook's default changes.
 ROWS = {
     "gradient_ascent": ("gradient_ascent", None, 3e-5),
     "npo": ("npo", None, 3e-5),
@@ -38,6 +39,11 @@ ROWS = {
     "targeted_simnpo": ("targeted_simnpo", None, 6e-5),
     "rmu": ("rmu", None, 1e-3),
     "idk": ("idk", None, 3e-5),
+    # the subset a 1.1B model trains on a T4 (the MLPs of the middle fifth of the layers), tried on the bundled model:
+    # how far must the learning rate go up when only an eighth of the weights may move?
+    "targeted_npo_middle_mlp_lr6e-5": ("targeted_npo", None, 6e-5, "middle-mlp"),
+    "targeted_npo_middle_mlp_lr1e-4": ("targeted_npo", None, 1e-4, "middle-mlp"),
+    "targeted_npo_middle_mlp_lr3e-4": ("targeted_npo", None, 3e-4, "middle-mlp"),
 }
 # rows trained with the first name "Harry" marked as well, as the preset had it before the sweep showed that pushing
 # it hurts Harry Houdini (a neighbour probe); only the targeted losses read the marks
@@ -45,16 +51,18 @@ MARKED_WORDS = {name: ("Harry",) for name in ROWS if name.endswith("_harry_marke
 MEASURES = ("keyword", "likelihood")
 
 
-def notebook_defaults():
-    """LEARNING_RATE, RETAIN_WEIGHT, MAX_STEPS, EVAL_EVERY, NPO_BETA as written in the notebook's form."""
+def notebook_defaults(amnesia):
+    """MAX_STEPS, EVAL_EVERY, NPO_BETA as written in the notebook's form; LEARNING_RATE and RETAIN_WEIGHT from its
+    defaults for small models (the form says 'auto' for them)."""
     source = "".join(next(c for c in json.loads((HERE.parent / "targeted_amnesia.ipynb").read_text())["cells"]
                           if "parameters" in c["metadata"].get("tags", []))["source"])
     values = {}
     for line in source.splitlines():
         name, _, rest = line.partition("=")
-        if name.strip() in ("LEARNING_RATE", "RETAIN_WEIGHT", "MAX_STEPS", "EVAL_EVERY", "NPO_BETA"):
+        if name.strip() in ("MAX_STEPS", "EVAL_EVERY", "NPO_BETA"):
             values[name.strip()] = float(rest.split("#")[0])
-    return values
+    small = amnesia.defaults_for(135e6)
+    return {**values, "LEARNING_RATE": small.learning_rate, "RETAIN_WEIGHT": small.retain_weight}
 
 
 def mark_words(answer, words):
@@ -93,7 +101,7 @@ def prepare(amnesia, topic_name):
                 heldout=heldout, watched=watched, tuning=tuning, test=test, baseline=baseline, test_before=test_before)
 
 
-def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, max_steps, marked=()):
+def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, max_steps, marked=(), trainable="all"):
     """One row and seed: unlearn a fresh copy of the original, return tuning and test figures."""
     import transformers
 
@@ -112,7 +120,7 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
     else:
         forget = data["forget"]
     history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], forget,
-                                     data["retain"], data["heldout"], data["tuning"], amnesia.select_trainable(model, "rmu" if loss == "rmu" else "all"),
+                                     data["retain"], data["heldout"], data["tuning"], amnesia.select_trainable(model, "rmu" if loss == "rmu" else trainable),
                                      settings, amnesia.StopRules(), data["baseline"], data["topic"].keywords)
     loop_seconds = time.time() - started
     kept = next(e for e in history["evals"] if e["step"] == history["kept_step"])
@@ -219,7 +227,8 @@ def main():
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    defaults = notebook_defaults()
+    amnesia = load_notebook_functions()
+    defaults = notebook_defaults(amnesia)
     max_steps = 20 if args.quick else int(defaults["MAX_STEPS"])
     path = Path(args.results)
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -227,13 +236,13 @@ def main():
                                        if f"{row}@{seed}@{max_steps}" not in results]
     print(f"{len(todo)} runs to do, {max_steps} steps each; defaults {defaults}", flush=True)
     if todo:
-        amnesia = load_notebook_functions()
         data = prepare(amnesia, args.topic)
         from tqdm.auto import tqdm
         for row, seed in tqdm(todo, desc="sweep"):
-            loss, retain_weight, learning_rate = ROWS[row]
+            loss, retain_weight, learning_rate, *trainable = ROWS[row]
             results[f"{row}@{seed}@{max_steps}"] = run_row(amnesia, data, loss, retain_weight, learning_rate, seed,
-                                                           defaults, max_steps, MARKED_WORDS.get(row, ()))
+                                                           defaults, max_steps, MARKED_WORDS.get(row, ()),
+                                                           *trainable)
             path.write_text(json.dumps(results, indent=1))  # resumable: a finished run is never redone
     chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")
               and int(key.split("@")[1]) in seeds}

@@ -95,6 +95,29 @@ def test_ablation_without_kl_damages_what_the_main_run_keeps(run):
     _, output_dir, metrics = run
     assert (output_dir / "ablation.png").stat().st_size > 10_000
     ablation, main = metrics["ablation"]["after"], metrics["tuning"]["after"]
-    assert metrics["ablation"]["steps"] == metrics["steps"][-1]["step"]
+    assert metrics["ablation"]["steps"] == metrics["steps"][-1]["step"] // 2  # half the main run
     damage = sum(main[name][m] - ablation["scores"][name][m] for name in ("neighbour", "general") for m in ("keyword", "likelihood"))
     assert damage >= ABLATION_DAMAGE, (main, ablation["scores"])
+
+
+def test_the_defaults_come_from_the_small_model_set_and_are_recorded(run):
+    _, _, metrics = run
+    config = metrics["config"]
+    assert (config["LEARNING_RATE"], config["RETAIN_WEIGHT"], config["TRAINABLE"]) == (6e-5, 5.0, "all")
+
+
+def test_the_attacks_ran_on_the_kept_model_and_were_recorded(run):
+    notebook, output_dir, metrics = run
+    attacks = metrics["attacks"]
+    assert (output_dir / "attacks.png").stat().st_size > 10_000
+    assert len(attacks["extraction"]["rows"]) == 24
+    k, n = attacks["extraction"]["keyword"]
+    assert 0 <= k <= n and n >= 3  # the 135M original gives a few facts away to these prompts (5 of 22 measured)
+    curves = attacks["relearning"]["curves"]
+    assert len(curves) == 3 and all(curve[0][0] == 0 and curve[-1][0] == attacks["relearning"]["steps"] for curve in curves.values())
+    original_start = curves["original, fine-tuned on A"][0][1]
+    assert original_start[0] == original_start[1]  # B counts only the facts the original knew
+    assert attacks["relearning"]["recovered_fraction"] is not None  # unlearning took something from B to recover
+    assert not set(attacks["relearning"]["group_a"]) & set(attacks["relearning"]["group_b"])
+    text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "bit-identical" in text and "Latent probe:" in text and "Relearning:" in text

@@ -314,6 +314,37 @@ def test_bad_configuration_is_named(amnesia):
     assert all(name in message for name in ("FORGET_QUESTION", "LEARNING_RATE", "EVAL_EVERY", "FORGET_LOSS", "PRECISION"))
 
 
+def test_learning_rate_and_retain_weight_take_auto_or_a_number(amnesia):
+    good = dict(MODEL="bundled", TOPIC="Harry Potter", FORGET_QUESTION="Who is Harry Potter?", FORGET_TARGET=TARGET,
+                FORGET_LOSS="npo", LEARNING_RATE="auto", NPO_BETA=0.1, RETAIN_WEIGHT=" Auto ", MAX_STEPS=10, EVAL_EVERY=5,
+                TRAINABLE="auto", PRECISION="auto", OUTPUT_DIR="outputs", SEED=0)
+    checked = amnesia.validate_config(good)
+    assert (checked["LEARNING_RATE"], checked["RETAIN_WEIGHT"]) == ("auto", "auto")
+    typed = amnesia.validate_config({**good, "LEARNING_RATE": "3e-4", "RETAIN_WEIGHT": "2"})  # text from the Colab form
+    assert (typed["LEARNING_RATE"], typed["RETAIN_WEIGHT"]) == (3e-4, 2.0)
+    with pytest.raises(amnesia.AmnesiaError, match="LEARNING_RATE='fast' must be 'auto' or a number"):
+        amnesia.validate_config({**good, "LEARNING_RATE": "fast"})
+    with pytest.raises(amnesia.AmnesiaError, match="RETAIN_WEIGHT"):
+        amnesia.validate_config({**good, "RETAIN_WEIGHT": "-3"})
+
+
+def test_auto_settings_follow_the_model_size_and_never_override_the_form(amnesia):
+    auto = dict(FORGET_LOSS="targeted_npo", LEARNING_RATE="auto", RETAIN_WEIGHT="auto", TRAINABLE="auto")
+    small, large = amnesia.MODEL_DEFAULTS
+    values, note = amnesia.resolve_auto_settings(auto, 134_515_008)  # the bundled model
+    assert values == {"LEARNING_RATE": small.learning_rate, "RETAIN_WEIGHT": small.retain_weight, "TRAINABLE": "all"}
+    assert "SmolLM2" in note and small.why in note and note.count("(auto: model default)") == 3
+    values, note = amnesia.resolve_auto_settings(auto, 1_100_048_384)  # TinyLlama
+    assert values == {"LEARNING_RATE": large.learning_rate, "RETAIN_WEIGHT": large.retain_weight, "TRAINABLE": "middle-mlp"}
+    assert "TinyLlama" in note and large.why in note
+    assert large.learning_rate != small.learning_rate  # the reason for a second set
+    typed = {**auto, "LEARNING_RATE": 2e-5, "TRAINABLE": "all"}
+    values, note = amnesia.resolve_auto_settings(typed, 1_100_048_384)
+    assert values["LEARNING_RATE"] == 2e-5 and values["TRAINABLE"] == "all" and note.count("(set in the form)") == 2
+    values, _ = amnesia.resolve_auto_settings({**auto, "FORGET_LOSS": "rmu"}, 134_515_008)
+    assert values["LEARNING_RATE"] == amnesia.RMU_LEARNING_RATE and values["TRAINABLE"] == "rmu"
+
+
 def test_forced_precisions_on_the_cpu(amnesia):
     assert amnesia.resolve_precision("cpu", "auto") == amnesia.Precision("float32", False, "float32 (auto: CPU)")
     half = amnesia.resolve_precision("cpu", "float16")

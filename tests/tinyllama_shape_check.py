@@ -46,7 +46,8 @@ def main():
     reference = nb.make_frozen_reference(model, precision)
     params = nb.select_trainable(model, "auto")
     built = time.time() - started
-    settings = nb.LoopSettings(learning_rate=6e-5, retain_weight=5.0, max_steps=1, eval_every=1,
+    defaults = nb.defaults_for(sum(p.numel() for p in model.parameters()))  # the set the notebook prints for TinyLlama
+    settings = nb.LoopSettings(learning_rate=defaults.learning_rate, retain_weight=defaults.retain_weight, max_steps=1, eval_every=1,
                                forget_loss="targeted_npo", precision=args.precision)
     forget = [nb.encode_chat_example(tokenizer, q, *nb.parse_marks(a))
               for q, a in nb.HARRY_POTTER.forget_exchanges[:args.examples]]

@@ -1,0 +1,96 @@
+"""The attacks of section 13: they must measure without touching the kept weights, and split their data honestly."""
+import re
+
+import pytest
+import torch
+
+
+@pytest.mark.parametrize("topic_name", ["Harry Potter", "The Beatles"])
+def test_relearning_groups_are_disjoint_and_outside_the_forget_set(amnesia, topic_name):
+    topic = amnesia.TOPIC_PRESETS[topic_name]
+    group_a, group_b = amnesia.relearning_split(topic)
+    assert len(group_a) >= 5 and len(group_b) >= 10
+    assert not {p.question for p in group_a} & {p.question for p in group_b}
+    tuning, test = amnesia.split_probes(topic.forget_probes)
+    assert all(p in tuning and p.kind == "unseen" for p in group_a) and all(p in test for p in group_b)
+    forget_questions = {q for q, _ in topic.forget_exchanges}
+    forget_text = " ".join(amnesia.parse_marks(a)[0] for _, a in topic.forget_exchanges)
+    for probe in group_a:  # the attacker never trains on the forget set
+        assert probe.question not in forget_questions
+        assert not amnesia.topic_keywords_in(forget_text, probe.keywords), probe.question
+    generic = {w.lower() for w in topic.keywords} | set(amnesia.topic_name(topic.question).lower().split())
+    a_text = " ".join(f"{p.question} {p.answer}" for p in group_a)
+    for probe in group_b:  # nothing A teaches answers B directly
+        assert not amnesia.topic_keywords_in(a_text, [k for k in probe.keywords if k.lower() not in generic]), probe.question
+        assert not any(re.search(r"\b" + re.escape(a.answer), probe.question, re.I) for a in group_a)
+
+
+def test_recovered_fraction_on_fabricated_counts(amnesia):
+    assert amnesia.recovered_fraction(original=20, unlearned=8, attacked=14) == pytest.approx(0.5)
+    assert amnesia.recovered_fraction(20, 8, 8) == 0.0
+    assert amnesia.recovered_fraction(20, 8, 20) == 1.0
+    assert amnesia.recovered_fraction(20, 8, 5) == pytest.approx(-0.25)  # the attack can make things worse
+    assert amnesia.recovered_fraction(20, 20, 20) is None  # nothing was lost: nothing to recover
+
+
+def test_the_relearning_attack_never_touches_the_kept_weights(amnesia, bundled, fresh_model):
+    _, tokenizer = bundled
+    params = amnesia.select_trainable(fresh_model, "middle-mlp")
+    original = amnesia.snapshot(params)
+    with torch.no_grad():  # a stand-in "unlearned" model: the original with a nudge
+        params[0].add_(0.01)
+    before = amnesia.weights_fingerprint(fresh_model)
+    group_a, group_b = amnesia.relearning_split(amnesia.HARRY_POTTER)
+    attack = [amnesia.encode_chat_example(tokenizer, p.question, p.answer + ".") for p in group_a]
+    probes_b = group_b[:4]
+    curve = amnesia.relearning_curve(fresh_model, tokenizer, params, original, attack, probes_b, steps=2,
+                                     learning_rate=1e-3, eval_every=1)
+    assert [step for step, _ in curve] == [0, 1, 2] and all(n == 4 for _, (_, n) in curve)
+    assert amnesia.weights_fingerprint(fresh_model) == before
+    # the fingerprint is not blind: the attack's start (the original weights) differs from the kept ones
+    with amnesia.weights_swapped(params, original):
+        assert amnesia.weights_fingerprint(fresh_model) != before
+    assert amnesia.weights_fingerprint(fresh_model) == before
+
+
+def test_weights_come_back_even_when_the_attack_fails(amnesia, fresh_model):
+    params = amnesia.select_trainable(fresh_model, "middle-mlp")
+    before = amnesia.weights_fingerprint(fresh_model)
+    with pytest.raises(RuntimeError):
+        with amnesia.weights_swapped(params, [torch.zeros_like(p) for p in params]):
+            raise RuntimeError("the attack broke half-way")
+    assert amnesia.weights_fingerprint(fresh_model) == before
+
+
+def test_extraction_table_has_one_row_per_prompt(amnesia, bundled):
+    model, tokenizer = bundled
+    prompts = amnesia.EXTRACTION_PROMPTS["Harry Potter"]
+    assert len(prompts) >= 20 and len({p.kind for p in prompts}) >= 8
+    chosen = [p for p in prompts if p.kind in ("yes/no", "author")][:3]  # a prompt with keywords only, one without
+    scores = amnesia.score_prompts(model, tokenizer, chosen, max_new_tokens=8)
+    rows = amnesia.extraction_rows(chosen, scores, scores)
+    assert [r["prompt"] for r in rows] == [p.question for p in chosen]
+    for row, probe in zip(rows, chosen):
+        assert (row["original_keyword"] is None) == (not probe.keywords)
+        assert (row["unlearned_likelihood"] is None) == (not probe.distractors)
+
+
+def test_the_latent_probe_finds_a_planted_truth_direction_and_only_then(amnesia):
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(60, 4, 16, generator=generator)
+    planted = states.clone()
+    planted[:, 0, 3] += 3.0  # the true candidate stands out along one direction
+    probe = amnesia.fit_truth_probe(planted[:30])
+    k, n = amnesia.truth_probe_count(probe, planted[30:])
+    assert n == 30 and k >= 24  # the best possible rule gets about 28
+    k, _ = amnesia.truth_probe_count(amnesia.fit_truth_probe(states[:30]), states[30:])
+    assert k <= 15  # pure noise: around chance (7.5 of 30), far from the planted case
+
+
+def test_the_verdict_reads_the_numbers(amnesia):
+    latent = {"refitted": (9, 37), "original": (30, 37)}
+    text = amnesia.attack_verdict((2, 16), 0.8, 0.1, latent, 15)
+    assert "2 of the 16" in text and "80%" in text and "suppressed, not removed" in text and "within 10 points of chance" in text
+    text = amnesia.attack_verdict((10, 16), 0.2, None, {"refitted": (25, 37), "original": (30, 37)}, 15)
+    assert "still work" in text and "stayed lost" in text and "still readable" in text
+    assert "nothing to recover" in amnesia.attack_verdict((0, 0), None, None, latent, 15)
