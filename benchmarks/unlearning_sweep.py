@@ -8,6 +8,7 @@ kept weights. Rows are resumable: each finished (row, seed) is stored in the JSO
     python benchmarks/unlearning_sweep.py --quick         # 1 seed, 20 steps
     python benchmarks/unlearning_sweep.py --rows targeted_npo,npo --seeds 0
     python benchmarks/unlearning_sweep.py --table-only      # the table of what is stored, nothing run
+    python benchmarks/unlearning_sweep.py --rows targeted_npo_lr6e-5 --seeds 0 --redo   # again, with the attacks
 """
 import argparse
 import copy
@@ -97,11 +98,12 @@ def prepare(amnesia, topic_name):
     baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
     test_before = amnesia.measure(model, reference, tokenizer, watched, test, heldout)
     test_before = amnesia.add_scores(test_before, test_before)
-    return dict(topic=topic, model=model, reference=reference, tokenizer=tokenizer, forget=forget, retain=retain,
+    return dict(topic=topic, topic_name=topic_name, model=model, reference=reference, tokenizer=tokenizer, forget=forget, retain=retain,
                 heldout=heldout, watched=watched, tuning=tuning, test=test, baseline=baseline, test_before=test_before)
 
 
-def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, max_steps, marked=(), trainable="all"):
+def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, max_steps, marked=(), trainable="all",
+            attack_steps=12):
     """One row and seed: unlearn a fresh copy of the original, return tuning and test figures."""
     import transformers
 
@@ -119,8 +121,10 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
                   for q, a in data["topic"].forget_exchanges]
     else:
         forget = data["forget"]
+    trainable_params = amnesia.select_trainable(model, "rmu" if loss == "rmu" else trainable)
+    original_weights = amnesia.snapshot(trainable_params)
     history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], forget,
-                                     data["retain"], data["heldout"], data["tuning"], amnesia.select_trainable(model, "rmu" if loss == "rmu" else trainable),
+                                     data["retain"], data["heldout"], data["tuning"], trainable_params,
                                      settings, amnesia.StopRules(), data["baseline"], data["topic"].keywords)
     loop_seconds = time.time() - started
     kept = next(e for e in history["evals"] if e["step"] == history["kept_step"])
@@ -128,7 +132,15 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
                                                data["heldout"], data["test_before"]), data["test_before"])
     by_kind = {kind: amnesia.kind_counts(after, data["test"]["forget"], data["test_before"], kind)
                for kind in ("paraphrase", "unseen")}
-    return {"kept_step": history["kept_step"], "learning_rate": settings.learning_rate, "stop_reason": history["stop_reason"], "loop_seconds": loop_seconds,
+    attacks = (amnesia.run_attacks(model, data["tokenizer"], trainable_params, original_weights, data["topic"],
+                                   amnesia.EXTRACTION_PROMPTS.get(data["topic_name"], ()), attack_steps)
+               if attack_steps else None)  # section 13 of the notebook, on the kept weights
+    return {"attacks": attacks and {"extraction_keyword": attacks["extraction"]["keyword"],
+                                    "extraction_likelihood": attacks["extraction"]["likelihood"],
+                                    "recovered_fraction": attacks["relearning"]["recovered_fraction"],
+                                    "control_fraction": attacks["relearning"]["control_fraction"],
+                                    "latent_refitted": attacks["latent"]["refitted"], "steps": attack_steps},
+            "kept_step": history["kept_step"], "learning_rate": settings.learning_rate, "stop_reason": history["stop_reason"], "loop_seconds": loop_seconds,
             "eval_seconds": history["eval_seconds"],
             "tuning": {name: kept["scores"][name] for name in kept["scores"]},
             "tuning_last": {"step": history["evals"][-1]["step"], **history["evals"][-1]["counts"]},
@@ -160,12 +172,24 @@ def named(run):
     return "-" if flags is None else f"{sum(flags)}/{len(flags)}"
 
 
+def attack_cells(runs):
+    """The attack columns: extraction k/n, recovered (control) fraction and refitted latent probe k/n, per seed."""
+    done = [r["attacks"] for r in runs if r.get("attacks")]
+    if not done:
+        return "- | - | -"
+    fraction = lambda f: "-" if f is None else f"{100 * f:.0f} %"
+    return (", ".join(f"{a['extraction_keyword'][0]}/{a['extraction_keyword'][1]}" for a in done) + " | "
+            + ", ".join(f"{fraction(a['recovered_fraction'])} ({fraction(a['control_fraction'])})" for a in done) + " | "
+            + ", ".join(f"{a['latent_refitted'][0]}/{a['latent_refitted'][1]}" for a in done))
+
+
 def table(results, rows):
     """Markdown table of the test-half figures, mean ± spread over seeds (k/n of the first seed in brackets)."""
     header = ("| row | seeds | forget kw kept: paraphrase / unseen | forget lik kept: paraphrase / unseen | "
               "neighbour kw / lik | general kw / lik | fluency × | held-out acc Δ (pts) | watched answers naming a topic keyword | "
-              "kept step | loop min (evaluation %) |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|")
+              "kept step | loop min (evaluation %) | extraction kw still given away | relearning: recovered (control) | "
+              "latent probe, refitted |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     for row in rows:
         runs = [r for key, r in results.items() if key.split("@")[0] == row]
@@ -183,7 +207,8 @@ def table(results, rows):
                      f"{', '.join(named(r) for r in runs)} | "
                      f"{', '.join(str(r['kept_step']) for r in runs)} | "
                      f"{statistics.mean(r['loop_seconds'] for r in runs) / 60:.1f} "
-                     f"({100 * statistics.mean(r['eval_seconds'] / r['loop_seconds'] for r in runs):.0f} %) |")
+                     f"({100 * statistics.mean(r['eval_seconds'] / r['loop_seconds'] for r in runs):.0f} %) | "
+                     f"{attack_cells(runs)} |")
     return "\n".join(lines)
 
 
@@ -220,6 +245,10 @@ def main():
     parser.add_argument("--topic", default="Harry Potter")
     parser.add_argument("--results", default=str(HERE / "sweep_results.json"))
     parser.add_argument("--table-only", action="store_true", help="run nothing: tabulate the stored results")
+    parser.add_argument("--redo", action="store_true", help="run the chosen rows and seeds again even if stored "
+                        "(for example to add the attack columns to a row run before them)")
+    parser.add_argument("--attack-steps", type=int, default=12, help="relearning steps of the attacks on each kept model "
+                        "(the notebook's ATTACK_STEPS); 0 skips the attacks")
     parser.add_argument("--write", default=str(HERE / "results.md"), help="results file to put the table into ('' for none)")
     args = parser.parse_args()
     rows = [r for r in args.rows.split(",") if r]
@@ -233,7 +262,7 @@ def main():
     path = Path(args.results)
     results = json.loads(path.read_text()) if path.exists() else {}
     todo = [] if args.table_only else [(row, seed) for row in rows for seed in seeds
-                                       if f"{row}@{seed}@{max_steps}" not in results]
+                                       if args.redo or f"{row}@{seed}@{max_steps}" not in results]
     print(f"{len(todo)} runs to do, {max_steps} steps each; defaults {defaults}", flush=True)
     if todo:
         data = prepare(amnesia, args.topic)
@@ -242,7 +271,7 @@ def main():
             loss, retain_weight, learning_rate, *trainable = ROWS[row]
             results[f"{row}@{seed}@{max_steps}"] = run_row(amnesia, data, loss, retain_weight, learning_rate, seed,
                                                            defaults, max_steps, MARKED_WORDS.get(row, ()),
-                                                           *trainable)
+                                                           *(trainable or ["all"]), attack_steps=args.attack_steps)
             path.write_text(json.dumps(results, indent=1))  # resumable: a finished run is never redone
     chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")
               and int(key.split("@")[1]) in seeds}
