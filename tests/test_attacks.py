@@ -94,3 +94,12 @@ def test_the_verdict_reads_the_numbers(amnesia):
     text = amnesia.attack_verdict((10, 16), 0.2, None, {"refitted": (25, 37), "original": (30, 37)}, 15)
     assert "still work" in text and "stayed lost" in text and "still readable" in text
     assert "nothing to recover" in amnesia.attack_verdict((0, 0), None, None, latent, 15)
+
+
+def test_no_probe_can_be_answered_from_the_relearning_control(amnesia):
+    """The control fine-tunes on unrelated facts: none may carry a probe's answer (nor be a retain question)."""
+    for topic in amnesia.TOPIC_PRESETS.values():
+        generic = topic.keywords + tuple(amnesia.topic_name(topic.question).lower().split())
+        leaks = amnesia.probe_leaks(amnesia.probe_sets_for(topic), [], list(amnesia.RELEARN_CONTROL), [], generic)
+        assert not leaks, leaks
+    assert not {q for q, _ in amnesia.RELEARN_CONTROL} & set(amnesia.RETAIN_QUESTIONS)
