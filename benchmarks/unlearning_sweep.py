@@ -45,11 +45,19 @@ ROWS = {
     "targeted_npo_middle_mlp_lr6e-5": ("targeted_npo", None, 6e-5, "middle-mlp"),
     "targeted_npo_middle_mlp_lr1e-4": ("targeted_npo", None, 1e-4, "middle-mlp"),
     "targeted_npo_middle_mlp_lr3e-4": ("targeted_npo", None, 3e-4, "middle-mlp"),
+    # the other families of methods: alternative answers, preference, a causal-intervention teacher, adapters
+    "relabel": ("relabel", None, 6e-5),
+    "idk_dpo": ("idk_dpo", None, 6e-5),
+    "name_swap_teacher": ("name_swap_teacher", None, 6e-5),
+    "name_swap_teacher_lr3e-4": ("name_swap_teacher", None, 3e-4),
+    "targeted_npo_lora_lr3e-4": ("targeted_npo", None, 3e-4, "lora"),
+    "targeted_npo_lora_lr1e-3": ("targeted_npo", None, 1e-3, "lora"),
 }
 # rows trained with the first name "Harry" marked as well, as the preset had it before the sweep showed that pushing
 # it hurts Harry Houdini (a neighbour probe); only the targeted losses read the marks
 MARKED_WORDS = {name: ("Harry",) for name in ROWS if name.endswith("_harry_marked")}
 MEASURES = ("keyword", "likelihood")
+DEFAULT_ROW = "targeted_npo_lr6e-5"  # the notebook's default settings on the bundled model
 
 
 def notebook_defaults(amnesia):
@@ -98,7 +106,7 @@ def prepare(amnesia, topic_name):
     baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
     test_before = amnesia.measure(model, reference, tokenizer, watched, test, heldout)
     test_before = amnesia.add_scores(test_before, test_before)
-    return dict(topic=topic, topic_name=topic_name, model=model, reference=reference, tokenizer=tokenizer, forget=forget, retain=retain,
+    return dict(topic=topic, topic_name=topic_name, cache_file=amnesia.retain_cache_file(source), model=model, reference=reference, tokenizer=tokenizer, forget=forget, retain=retain,
                 heldout=heldout, watched=watched, tuning=tuning, test=test, baseline=baseline, test_before=test_before)
 
 
@@ -114,13 +122,11 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
                                     max_steps=max_steps, eval_every=int(defaults["EVAL_EVERY"]), forget_loss=loss,
                                     npo_beta=defaults["NPO_BETA"], seed=seed)
     started = time.time()
-    if loss == "idk":
-        forget = amnesia.refusal_examples(data["tokenizer"], [q for q, _ in data["topic"].forget_exchanges])
-    elif marked:
-        forget = [amnesia.encode_chat_example(data["tokenizer"], q, *amnesia.parse_marks(mark_words(a, marked)))
-                  for q, a in data["topic"].forget_exchanges]
-    else:
-        forget = data["forget"]
+    exchanges = [(q, mark_words(a, marked)) for q, a in data["topic"].forget_exchanges]
+    forget = ([amnesia.encode_chat_example(data["tokenizer"], q, *amnesia.parse_marks(a)) for q, a in exchanges]
+              if marked else data["forget"])
+    forget, _ = amnesia.forget_training_set(loss, data["reference"], data["tokenizer"], exchanges, forget,
+                                            data["topic"].keywords, data["cache_file"])  # as the notebook's loop cell
     trainable_params = amnesia.select_trainable(model, "rmu" if loss == "rmu" else trainable)
     original_weights = amnesia.snapshot(trainable_params)
     history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], forget,
@@ -250,6 +256,8 @@ def main():
     parser.add_argument("--attack-steps", type=int, default=12, help="relearning steps of the attacks on each kept model "
                         "(the notebook's ATTACK_STEPS); 0 skips the attacks")
     parser.add_argument("--write", default=str(HERE / "results.md"), help="results file to put the table into ('' for none)")
+    parser.add_argument("--figure", default=str(HERE.parent / "docs" / "tradeoff.png"),
+                        help="where to draw the notebook's trade-off figure of the chosen rows ('' for none)")
     args = parser.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
@@ -295,6 +303,10 @@ def main():
     print(text)
     if args.write:
         write_section(Path(args.write), text)
+    if args.figure:  # the notebook's own figure (section 16), of the rows and seeds chosen here
+        shown = {key: value for key, value in chosen.items() if key.split("@")[0] in rows}
+        amnesia.plot_tradeoff(amnesia.tradeoff_points(shown, max_steps), DEFAULT_ROW).savefig(args.figure, dpi=120)
+        print("trade-off figure:", args.figure)
 
 
 if __name__ == "__main__":
