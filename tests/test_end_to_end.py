@@ -96,6 +96,9 @@ def test_ablation_without_kl_damages_what_the_main_run_keeps(run):
     assert (output_dir / "ablation.png").stat().st_size > 10_000
     ablation, main = metrics["ablation"]["after"], metrics["tuning"]["after"]
     assert metrics["ablation"]["steps"] == metrics["steps"][-1]["step"] // 2  # half the main run
+    matched = metrics["ablation"]["matched"]  # the fair comparison: same step, and same forget score
+    assert set(matched) == {"same step", "same forget score"}
+    assert matched["same step"]["with_kl"]["step"] == matched["same step"]["without_kl"]["step"]
     damage = sum(main[name][m] - ablation["scores"][name][m] for name in ("neighbour", "general") for m in ("keyword", "likelihood"))
     assert damage >= ABLATION_DAMAGE, (main, ablation["scores"])
 

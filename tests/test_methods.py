@@ -213,3 +213,37 @@ def test_tradeoff_points_average_the_seeds_of_each_row(amnesia):
     figure = amnesia.plot_tradeoff(points, default_row="a")
     axis = figure.axes[0]
     assert len(axis.containers) == 2 and "default" in axis.get_title()
+
+
+def fabricated_metrics(forget_likelihood, attacks=True):
+    counts = {"forget": {"keyword": [1, 6], "likelihood": [forget_likelihood, 27]},
+              "neighbour": {"keyword": [13, 15], "likelihood": [18, 19]}, "general": {"keyword": [15, 15], "likelihood": [8, 9]}}
+    return {"test": {"counts_after": counts,
+                     "forget_by_kind": {"paraphrase": {"likelihood": [5, 13]}, "unseen": {"likelihood": [7, 14]}},
+                     "fluency_before": 2.0, "fluency_after": 2.1, "retain_accuracy_before": 0.47, "retain_accuracy_after": 0.49},
+            "attacks": {"latent": {"layer": 15, "refitted": [20, 37], "original": [23, 37]},
+                        "relearning": {"steps": 12, "recovered_fraction": 0.18}} if attacks else None,
+            "ablation": None, "tuning": {}, "fluency_after": 1.8}
+
+
+def test_the_professors_answers_read_the_numbers(amnesia):
+    answers = dict(amnesia.professor_answers(fabricated_metrics(12)))
+    assert "12/27 (44%)" in answers["Has it forgotten, or does it only avoid the words?"]
+    assert "avoids saying the facts" in answers["Has it forgotten, or does it only avoid the words?"]
+    assert "7/14" in answers["Did it forget the topic, or only the sentences it was trained on?"]
+    assert "1.05x" in answers["What did it cost?"] and "+2.0 points" in answers["What did it cost?"]
+    assert "suppressed more than removed" in answers["Is the knowledge removed, or suppressed?"]
+    assert "one answer flipping moves it by 17%" in answers["How much weight can these numbers bear?"]  # 6 known probes
+    forgotten = dict(amnesia.professor_answers(fabricated_metrics(7, attacks=False)))
+    assert "close to chance" in forgotten["Has it forgotten, or does it only avoid the words?"]
+    assert "Not measured" in forgotten["Is the knowledge removed, or suppressed?"]
+
+
+def test_the_ablation_is_compared_at_the_same_step_and_at_the_same_forget_score(amnesia):
+    point = lambda step, forget: {"step": step, "scores": {"forget": {"likelihood": forget}}}
+    main = {"evals": [point(0, 1.0), point(10, 0.8), point(20, 0.6), point(30, 0.45), point(40, 0.44)]}
+    ablation = {"evals": [point(0, 1.0), point(10, 0.47), point(20, 0.2)]}
+    pairs = amnesia.matched_points(main, ablation)
+    assert [p["step"] for p in pairs["same step"]] == [20, 20]
+    assert [p["step"] for p in pairs["same forget score"]] == [30, 10]  # 0.45 against 0.47, the closest pair
+    assert amnesia.matched_points(main, {"evals": [point(0, 1.0)]}) == {}  # an ablation that never evaluated
