@@ -50,7 +50,6 @@ ROWS = {
     "idk_dpo": ("idk_dpo", None, 6e-5),
     "name_swap_teacher": ("name_swap_teacher", None, 6e-5),
     "name_swap_teacher_lr2e-5": ("name_swap_teacher", None, 2e-5),
-    "name_swap_teacher_lr3e-4": ("name_swap_teacher", None, 3e-4),
     "targeted_npo_lora_lr3e-4": ("targeted_npo", None, 3e-4, "lora"),
     "targeted_npo_lora_lr1e-3": ("targeted_npo", None, 1e-3, "lora"),
 }

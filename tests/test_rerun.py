@@ -2,6 +2,7 @@
 the step-0 baseline measured once, as a presenter who presses the cell's run button again would expect."""
 import json
 import os
+import re
 
 import nbformat
 from nbclient import NotebookClient
@@ -14,7 +15,7 @@ REPORT = ("import json\nprint(json.dumps({'losses': [round(s['loss'], 6) for s i
 
 def loop_cell_index(notebook):
     hits = [i for i, cell in enumerate(notebook.cells)
-            if cell.cell_type == "code" and "history = run_unlearning(" in cell.source]
+            if cell.cell_type == "code" and re.search(r"^history = run_unlearning\(", cell.source, re.M)]
     assert len(hits) == 1, hits
     return hits[0]
 
