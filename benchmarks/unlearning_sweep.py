@@ -106,7 +106,7 @@ def prepare(amnesia, topic_name):
     baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
     test_before = amnesia.measure(model, reference, tokenizer, watched, test, heldout)
     test_before = amnesia.add_scores(test_before, test_before)
-    return dict(topic=topic, topic_name=topic_name, cache_file=amnesia.retain_cache_file(source), model=model, reference=reference, tokenizer=tokenizer, forget=forget, retain=retain,
+    return dict(topic=topic, topic_name=topic_name, cache_file=amnesia.retain_cache_file(source), probes=probes, model=model, reference=reference, tokenizer=tokenizer, forget=forget, retain=retain,
                 heldout=heldout, watched=watched, tuning=tuning, test=test, baseline=baseline, test_before=test_before)
 
 
@@ -126,7 +126,7 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
     forget = ([amnesia.encode_chat_example(data["tokenizer"], q, *amnesia.parse_marks(a)) for q, a in exchanges]
               if marked else data["forget"])
     forget, _ = amnesia.forget_training_set(loss, data["reference"], data["tokenizer"], exchanges, forget,
-                                            data["topic"].keywords, data["cache_file"])  # as the notebook's loop cell
+                                            data["topic"].keywords, data["cache_file"], data["probes"])  # as the notebook
     trainable_params = amnesia.select_trainable(model, "rmu" if loss == "rmu" else trainable)
     original_weights = amnesia.snapshot(trainable_params)
     history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], forget,

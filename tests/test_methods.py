@@ -247,3 +247,16 @@ def test_the_ablation_is_compared_at_the_same_step_and_at_the_same_forget_score(
     assert [p["step"] for p in pairs["same step"]] == [20, 20]
     assert [p["step"] for p in pairs["same forget score"]] == [30, 10]  # 0.45 against 0.47, the closest pair
     assert amnesia.matched_points(main, {"evals": [point(0, 1.0)]}) == {}  # an ablation that never evaluated
+
+
+def test_relabelled_answers_that_mention_a_probe_answer_are_not_trained(amnesia, bundled, monkeypatch):
+    probes = amnesia.probe_sets_for(amnesia.HARRY_POTTER)
+    leak = probes["neighbour"][0].keywords[0]
+    monkeypatch.setattr(amnesia, "on_policy_answers", lambda ref, tok, questions, cache: [
+        (q, f"They wrote about {leak}." if k == 0 else "They are a baker in Leeds.") for k, q in enumerate(questions)])
+    exchanges = list(amnesia.HARRY_POTTER.forget_exchanges[:2])  # questions that no probe asks
+    examples = [{"input_ids": []}] * 2  # relabel trains on its own answers, not on these
+    trained = lambda sets: amnesia.forget_training_set("relabel", None, bundled[1], exchanges, examples,
+                                                       amnesia.HARRY_POTTER.keywords, "unused.json", sets)[1]
+    assert [a for _, a in trained(None)] == [f"They wrote about {leak}.", "They are a baker in Leeds."]
+    assert trained(probes) == [(exchanges[1][0], "They are a baker in Leeds.")]  # the leak is dropped
