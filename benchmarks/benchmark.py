@@ -11,7 +11,6 @@ CUDA device, also the measured peak memory and step time with T4 settings (fp16 
     python benchmarks/benchmark.py [--steps 6] [--output benchmarks/results.md]
 """
 import argparse
-import contextlib
 import platform
 import sys
 import time
@@ -40,28 +39,30 @@ def pad_to(batch, length, pad_id, ignore):
             "marks": F.pad(batch["marks"], (0, extra), value=False)}
 
 
-def timed_step(nb, model, reference, optimizer, forget, forget_logprobs, retain, retain_logprobs, settings, naive):
-    """One training step (the notebook's losses) split into phases; the naive variant recomputes the reference on a
-    padded batch."""
-    timings = {}
+def timed_step(nb, model, reference, optimizer, forget, forget_logprobs, retain, retain_logprobs, settings, naive,
+               precision=None):
+    """One call of the notebook's own `training_step`, split into phases by hooks: the forward phase ends when the
+    model's last forward pass returns, the optimizer phase starts when AdamW's step begins (the loss arithmetic after the
+    last forward and the gradient clipping count as backward). The naive variant first recomputes the reference."""
+    marks = {}
     started = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
     if naive:
         with torch.no_grad():
             retain_logprobs = nb.label_logprobs(reference, retain)
             forget_logprobs = nb.label_logprobs(reference, forget)
-    forget_term, keep_kl, _ = nb.forget_loss_terms(model, forget, forget_logprobs, settings)
-    kl = nb.kl_to_reference(nb.label_logprobs(model, retain), retain_logprobs)
-    loss = forget_term + settings.retain_weight * (kl + keep_kl)
-    timings["forward"] = time.perf_counter() - started
-    started = time.perf_counter()
-    loss.backward()
-    timings["backward"] = time.perf_counter() - started
-    started = time.perf_counter()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)
-    optimizer.step()
-    timings["optimizer"] = time.perf_counter() - started
-    return timings
+    autocast, scaler = nb.precision_for(model.device.type, precision or nb.resolve_precision("cpu", "float32"))
+    hooks = [model.register_forward_hook(lambda *_: marks.__setitem__("forward", time.perf_counter())),
+             optimizer.register_step_pre_hook(lambda *_: marks.__setitem__("optimizer", time.perf_counter()))]
+    try:
+        nb.training_step(model, optimizer, forget, forget_logprobs, retain, retain_logprobs, settings, autocast, scaler)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    ended = time.perf_counter()
+    return {"forward": marks["forward"] - started, "backward": marks["optimizer"] - marks["forward"],
+            "optimizer": ended - marks["optimizer"]}
 
 
 def flops_per_token(model):
@@ -139,27 +140,18 @@ def tinyllama_cuda(nb, tokens_per_step, steps):
     reference = nb.make_frozen_reference(model, nb.resolve_precision("cuda", "float16"))
     params = nb.select_trainable(model, "auto")
     optimizer = torch.optim.AdamW(params, lr=4e-6)
-    scaler = torch.amp.GradScaler("cuda")
     batch_size, length = 16, tokens_per_step // 16
     ids = torch.randint(0, 32000, (batch_size, length), device="cuda")
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids,
+             "marks": torch.rand(ids.shape, device="cuda") < 0.2}  # a fifth of the tokens marked, as in the forget set
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
         reference_logprobs = nb.label_logprobs(reference, batch).float()
+    settings = nb.LoopSettings(learning_rate=4e-6, retain_weight=5.0, max_steps=steps, eval_every=steps,
+                               precision="float16")
+    precision = nb.resolve_precision("cuda", "float16")
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16):
-            loss = -nb.answer_nll(model, batch) + 10 * nb.kl_to_reference(nb.label_logprobs(model, batch), reference_logprobs)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
+    times = [sum(timed_step(nb, model, reference, optimizer, batch, reference_logprobs, batch, reference_logprobs,
+                            settings, naive=False, precision=precision).values()) for _ in range(steps)]
     return {"peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "seconds_per_step": sum(times[1:]) / (steps - 1),
             "device": torch.cuda.get_device_name(0)}
 

@@ -102,10 +102,8 @@ def prepare(amnesia, topic_name):
                               tokenizer.pad_token_id, "cpu")
     watched = [topic.question, topic.heldout_question]
     tuning, test = amnesia.probe_sets_for(topic, "tuning"), amnesia.probe_sets_for(topic, "test")
-    baseline = amnesia.measure(model, reference, tokenizer, watched, tuning, heldout)
-    baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
-    test_before = amnesia.measure(model, reference, tokenizer, watched, test, heldout)
-    test_before = amnesia.add_scores(test_before, test_before)
+    baseline = amnesia.measure_step_zero(model, reference, tokenizer, watched, tuning, heldout)
+    test_before = amnesia.measure_step_zero(model, reference, tokenizer, watched, test, heldout)
     return dict(topic=topic, topic_name=topic_name, cache_file=amnesia.retain_cache_file(source), probes=probes, model=model, reference=reference, tokenizer=tokenizer, forget=forget, retain=retain,
                 heldout=heldout, watched=watched, tuning=tuning, test=test, baseline=baseline, test_before=test_before)
 
@@ -129,9 +127,9 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
                                             data["topic"].keywords, data["cache_file"], data["probes"])  # as the notebook
     trainable_params = amnesia.select_trainable(model, "rmu" if loss == "rmu" else trainable)
     original_weights = amnesia.snapshot(trainable_params)
-    history = amnesia.run_unlearning(model, data["reference"], data["tokenizer"], data["watched"], forget,
-                                     data["retain"], data["heldout"], data["tuning"], trainable_params,
-                                     settings, amnesia.StopRules(), data["baseline"], data["topic"].keywords)
+    loop_data = amnesia.UnlearningData(data["tokenizer"], data["watched"], forget, data["retain"], data["heldout"],
+                                       data["tuning"], data["baseline"], data["topic"].keywords)
+    history = amnesia.run_unlearning(model, data["reference"], loop_data, settings)
     loop_seconds = time.time() - started
     kept = next(e for e in history["evals"] if e["step"] == history["kept_step"])
     after = amnesia.add_scores(amnesia.measure(model, data["reference"], data["tokenizer"], data["watched"], data["test"],
@@ -140,7 +138,7 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
                for kind in ("paraphrase", "unseen")}
     attacks = (amnesia.run_attacks(model, data["tokenizer"], trainable_params, original_weights, data["topic"],
                                    amnesia.EXTRACTION_PROMPTS.get(data["topic_name"], ()), attack_steps)
-               if attack_steps else None)  # section 13 of the notebook, on the kept weights
+               if attack_steps else None)  # section 8 of the notebook, on the kept weights
     return {"attacks": attacks and {"extraction_keyword": attacks["extraction"]["keyword"],
                                     "extraction_likelihood": attacks["extraction"]["likelihood"],
                                     "recovered_fraction": attacks["relearning"]["recovered_fraction"],
@@ -294,7 +292,7 @@ def main():
     unattacked = [row for row in rows if any(key.split("@")[0] == row for key in chosen)
                   and not any(key.split("@")[0] == row and value.get("attacks") for key, value in chosen.items())]
     if unattacked:
-        text += (f"\nThe attack columns (notebook section 13: extraction prompts, relearning with {args.attack_steps} steps and its "
+        text += (f"\nThe attack columns (notebook section 8: extraction prompts, relearning with {args.attack_steps} steps and its "
                  f"control, the refitted latent probe, one figure per seed) are empty for rows run before the attacks "
                  f"existed: {', '.join(unattacked)}; `--redo` runs them again with the attacks.\n")
     missing = [row for row in rows if not any(key.split("@")[0] == row for key in chosen)]
@@ -303,7 +301,7 @@ def main():
     print(text)
     if args.write:
         write_section(Path(args.write), text)
-    if args.figure:  # the notebook's own figure (section 16), of the rows and seeds chosen here
+    if args.figure:  # the notebook's own figure (section 10), of the rows and seeds chosen here
         shown = {key: value for key, value in chosen.items() if key.split("@")[0] in rows}
         amnesia.plot_tradeoff(amnesia.tradeoff_points(shown, max_steps), DEFAULT_ROW).savefig(args.figure, dpi=120)
         print("trade-off figure:", args.figure)

@@ -52,16 +52,15 @@ def tiny_run(amnesia, bundled):
     retain = [amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS[:3]]
     heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS[:3]], pad, "cpu")
     watched = ["Who is Harry Potter?"]
-    baseline = amnesia.measure(reference, reference, tokenizer, watched, probe_sets, heldout)
-    baseline = {**amnesia.add_scores(baseline, baseline), "step": 0, "stop": None, "retention_ok": True}
+    baseline = amnesia.measure_step_zero(reference, reference, tokenizer, watched, probe_sets, heldout)
 
     def run(model, steps=2, learning_rate=1e-5, rules=amnesia.StopRules(), retain_weight=1.0, eval_every=10,
             forget_loss="targeted_ga", precision="auto", trainable="all", frozen_reference=None, forget_examples=None):
         settings = amnesia.LoopSettings(learning_rate=learning_rate, retain_weight=retain_weight, max_steps=steps,
                                         eval_every=eval_every, forget_loss=forget_loss, retain_batch_size=2,
-                                        precision=precision)
-        return amnesia.run_unlearning(model, frozen_reference or reference, tokenizer, watched, forget_examples or forget,
-                                      retain, heldout,
-                                      probe_sets, amnesia.select_trainable(model, trainable), settings, rules, baseline,
+                                        precision=precision, rules=rules)
+        amnesia.select_trainable(model, trainable)
+        data = amnesia.UnlearningData(tokenizer, watched, forget_examples or forget, retain, heldout, probe_sets, baseline,
                                       amnesia.HARRY_POTTER.keywords)
+        return amnesia.run_unlearning(model, frozen_reference or reference, data, settings)
     return run

@@ -1,4 +1,4 @@
-"""The attacks of section 13: they must measure without touching the kept weights, and split their data honestly."""
+"""The attacks of section 8: they must measure without touching the kept weights, and split their data honestly."""
 import re
 
 import pytest
