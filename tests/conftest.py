@@ -1,5 +1,6 @@
 """Shared fixtures: the notebook's function cells as a module, and the bundled model loaded once."""
 import copy
+import dataclasses
 
 import pytest
 
@@ -53,6 +54,8 @@ def tiny_run(amnesia, bundled):
     heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS[:3]], pad, "cpu")
     watched = ["Who is Harry Potter?"]
     baseline = amnesia.measure_step_zero(reference, reference, tokenizer, watched, probe_sets, heldout)
+    data = amnesia.UnlearningData(tokenizer, watched, forget, retain, heldout, probe_sets, baseline,
+                                  amnesia.HARRY_POTTER.keywords)
 
     def run(model, steps=2, learning_rate=1e-5, rules=amnesia.StopRules(), retain_weight=1.0, eval_every=10,
             forget_loss="targeted_ga", precision="auto", trainable="all", frozen_reference=None, forget_examples=None):
@@ -60,7 +63,7 @@ def tiny_run(amnesia, bundled):
                                         eval_every=eval_every, forget_loss=forget_loss, retain_batch_size=2,
                                         precision=precision, rules=rules)
         amnesia.select_trainable(model, trainable)
-        data = amnesia.UnlearningData(tokenizer, watched, forget_examples or forget, retain, heldout, probe_sets, baseline,
-                                      amnesia.HARRY_POTTER.keywords)
-        return amnesia.run_unlearning(model, frozen_reference or reference, data, settings)
+        chosen = dataclasses.replace(data, forget_examples=forget_examples) if forget_examples else data
+        return amnesia.run_unlearning(model, frozen_reference or reference, chosen, settings)
+    run.data = data  # for tests that call the loop's relatives (the ablation) on the same data
     return run

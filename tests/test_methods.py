@@ -1,4 +1,5 @@
-"""The other forgetting methods: relabelled answers, DPO towards "I don't know", the name-swap teacher, and LoRA."""
+"""The other forgetting methods (relabelled answers, DPO towards "I don't know", the name-swap teacher, LoRA) and the
+ablation's run without the KL term."""
 import math
 
 import pytest
@@ -260,3 +261,22 @@ def test_relabelled_answers_that_mention_a_probe_answer_are_not_trained(amnesia,
                                                        amnesia.HARRY_POTTER.keywords, "unused.json", sets)[1]
     assert [a for _, a in trained(None)] == [f"They wrote about {leak}.", "They are a baker in Leeds."]
     assert trained(probes) == [(exchanges[1][0], "They are a baker in Leeds.")]  # the leak is dropped
+
+
+def test_the_ablation_starts_from_the_original_without_kl_and_leaves_the_kept_model_alone(amnesia, bundled, fresh_model,
+                                                                                         tiny_run):
+    reference, _ = bundled
+    trainable = amnesia.select_trainable(fresh_model, "all")
+    original = amnesia.snapshot(trainable)
+    main = tiny_run(fresh_model, steps=2, learning_rate=1e-4, rules=None)
+    trained = amnesia.snapshot(trainable)
+    assert not all(torch.equal(a, b) for a, b in zip(original, trained))
+    settings = amnesia.LoopSettings(learning_rate=1e-4, retain_weight=1.0, max_steps=2, eval_every=10, retain_batch_size=2,
+                                    forget_loss="targeted_ga")
+    ablation = amnesia.run_ablation(fresh_model, reference, tiny_run.data, settings, trainable, original, main,
+                                    ("all", 8, 16))
+    assert all(torch.equal(a, b) for a, b in zip(trained, amnesia.snapshot(trainable)))  # the kept weights are untouched
+    assert [s["step"] for s in ablation["steps"]] == [1] and ablation["steps"][0]["kl"] == 0.0  # half the steps, no KL
+    # it starts from the original weights: its first forget loss is the main run's first, not the trained model's
+    assert abs(ablation["steps"][0]["forget_loss"] - main["steps"][0]["forget_loss"]) < 1e-4
+    assert ablation["kept_step"] == 1 and ablation["evals"][-1]["step"] == 1  # observed: keeps its last weights
