@@ -279,8 +279,9 @@ def main():
                                                            defaults, max_steps, MARKED_WORDS.get(row, ()),
                                                            *(trainable or ["all"]), attack_steps=args.attack_steps)
             path.write_text(json.dumps(results, indent=1))  # resumable: a finished run is never redone
-    chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")
-              and int(key.split("@")[1]) in seeds}
+    rows = list(ROWS)  # the table and the figure show every stored row and seed, not only the ones run now
+    seeds = sorted({int(key.split("@")[1]) for key in results if key.endswith(f"@{max_steps}")})
+    chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")}
     text = (f"## Forgetting methods side by side (`benchmarks/unlearning_sweep.py`)\n\n"
             f"Bundled SmolLM2-135M-Instruct, topic {args.topic}, {max_steps} steps at most, seeds {seeds}, the notebook's "
             f"defaults otherwise ({', '.join(f'{k}={v:g}' for k, v in defaults.items())}). TEST half of the probes, "
