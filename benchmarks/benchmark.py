@@ -87,10 +87,8 @@ def cpu_benchmark(nb, steps):
     with torch.no_grad():
         forget_logprobs = nb.label_logprobs(reference, forget)
     chats = nb.on_policy_answers(reference, tokenizer, nb.RETAIN_QUESTIONS, nb.retain_cache_file(source))
-    retain_examples = ([nb.encode_text_example(tokenizer, t) for t in nb.RETAIN_TEXTS]
-                       + [nb.encode_chat_example(tokenizer, q, a) for q, a in chats])
-    heldout = nb.collate([nb.encode_text_example(tokenizer, t) for t in nb.HELDOUT_TEXTS]
-                         + [nb.encode_chat_example(tokenizer, q, a) for q, a in nb.HELDOUT_CHATS], pad, "cpu")
+    retain_examples = nb.encode_texts_and_chats(tokenizer, nb.RETAIN_TEXTS, chats)
+    heldout = nb.collate(nb.encode_texts_and_chats(tokenizer, nb.HELDOUT_TEXTS, nb.HELDOUT_CHATS), pad, "cpu")
     nb.select_trainable(model, "all")
     results = {}
     for variant in ("optimised", "naive"):

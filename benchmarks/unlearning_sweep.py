@@ -95,10 +95,8 @@ def prepare(amnesia, topic_name):
     generated = amnesia.on_policy_answers(reference, tokenizer, amnesia.RETAIN_QUESTIONS,
                                           amnesia.retain_cache_file(source))
     retain_chats, _ = amnesia.drop_leaking_retain(generated, probes, generic)
-    retain = ([amnesia.encode_text_example(tokenizer, t) for t in amnesia.RETAIN_TEXTS]
-              + [amnesia.encode_chat_example(tokenizer, q, a) for q, a in retain_chats])
-    heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS]
-                              + [amnesia.encode_chat_example(tokenizer, q, a) for q, a in amnesia.HELDOUT_CHATS],
+    retain = amnesia.encode_texts_and_chats(tokenizer, amnesia.RETAIN_TEXTS, retain_chats)
+    heldout = amnesia.collate(amnesia.encode_texts_and_chats(tokenizer, amnesia.HELDOUT_TEXTS, amnesia.HELDOUT_CHATS),
                               tokenizer.pad_token_id, "cpu")
     watched = [topic.question, topic.heldout_question]
     tuning, test = amnesia.probe_sets_for(topic, "tuning"), amnesia.probe_sets_for(topic, "test")

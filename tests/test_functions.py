@@ -395,3 +395,12 @@ def test_ask_both_models_as_a_function_and_as_a_widget(amnesia, bundled, fresh_m
 def test_drive_export_outside_colab_says_where_the_results_are(amnesia, tmp_path):
     with pytest.raises(amnesia.AmnesiaError, match=str(tmp_path)):
         amnesia.export_to_drive(tmp_path, in_colab=False)
+
+
+def test_retain_and_heldout_sets_are_the_texts_then_the_chats(amnesia, bundled):
+    _, tokenizer = bundled
+    encoded = amnesia.encode_texts_and_chats(tokenizer, ["A plain sentence."], [("Who wrote Hamlet?", "Shakespeare.")])
+    assert len(encoded) == 2
+    assert list(encoded[0]["input_ids"]) == list(amnesia.encode_text_example(tokenizer, "A plain sentence.")["input_ids"])
+    chat = amnesia.encode_chat_example(tokenizer, "Who wrote Hamlet?", "Shakespeare.")
+    assert list(encoded[1]["input_ids"]) == list(chat["input_ids"]) and list(encoded[1]["labels"]) == list(chat["labels"])
