@@ -15,8 +15,15 @@ class FixedLogits(torch.nn.Module):
         super().__init__()
         self.logits = logits
 
-    def forward(self, input_ids, attention_mask, logits_to_keep=0):
+    def forward(self, input_ids, attention_mask, logits_to_keep=0, past_key_values=None):
+        assert past_key_values is None  # it keeps no cache: batches for it share no prefix (with_ids)
         return type("Output", (), {"logits": self.logits[:, -logits_to_keep:]})()
+
+
+def with_ids(batch):
+    """`batch` with input ids whose rows differ from the first token on, so that no prefix is shared (A4)."""
+    labels = batch["labels"]
+    return {**batch, "input_ids": torch.arange(len(labels)).unsqueeze(1).expand_as(labels)}
 
 
 def assert_answer_is_tokenised_in_place(amnesia, tokenizer, question, answer):
@@ -94,7 +101,7 @@ def test_targeted_losses_push_only_the_marked_tokens(amnesia):
              "marks": torch.tensor([[False, False, False, True, False]])}
     reference = torch.log_softmax(logits.detach()[0, 1:4], -1)  # the reference equals the model on the 3 answer tokens
     settings = amnesia.LoopSettings(learning_rate=1e-5, retain_weight=1.0, max_steps=1, eval_every=1, forget_loss="targeted_ga")
-    forget, keep_kl, _ = amnesia.forget_loss_terms(FixedLogits(logits), {**batch, "input_ids": None, "attention_mask": None}, reference, settings)
+    forget, keep_kl, _ = amnesia.forget_loss_terms(FixedLogits(logits), with_ids({**batch, "attention_mask": None}), reference, settings)
     assert abs(keep_kl.item()) < 1e-6  # unmarked tokens equal to the reference: nothing to pull back
     forget.backward()
     moved = logits.grad[0].abs().sum(-1)
@@ -113,7 +120,7 @@ def test_idk_learns_the_refusal_with_plain_cross_entropy(amnesia, bundled):
              "input_ids": None, "attention_mask": None}
     settings = amnesia.LoopSettings(learning_rate=1e-5, retain_weight=1.0, max_steps=1, eval_every=1, forget_loss="idk")
     reference = torch.log_softmax(torch.randn(2, 6), -1)
-    forget, keep_kl, nll = amnesia.forget_loss_terms(FixedLogits(logits), batch, reference, settings)
+    forget, keep_kl, nll = amnesia.forget_loss_terms(FixedLogits(logits), with_ids(batch), reference, settings)
     expected = torch.nn.functional.cross_entropy(logits[0, 1:3].detach(), torch.tensor([3, 5]))
     assert torch.allclose(forget.detach(), expected) and torch.allclose(nll.detach(), expected)
     assert keep_kl.item() == 0.0  # every answer token is learned, none is held
@@ -144,7 +151,7 @@ def test_simnpo_ignores_the_reference_and_spares_unlikely_tokens(amnesia):
     grads = []
     for reference in (torch.log_softmax(torch.randn(3, 6), -1), torch.log_softmax(torch.randn(3, 6), -1)):
         leaf = logits.clone().requires_grad_(True)
-        forget, _, _ = amnesia.forget_loss_terms(FixedLogits(leaf), batch, reference, settings)
+        forget, _, _ = amnesia.forget_loss_terms(FixedLogits(leaf), with_ids(batch), reference, settings)
         forget.backward()
         grads.append(leaf.grad.clone())
     assert torch.allclose(grads[0], grads[1])  # the reference plays no part
@@ -184,13 +191,37 @@ def test_labelled_logits_are_the_full_logits_at_the_labelled_positions(amnesia, 
     assert torch.equal(labels[labels != amnesia.IGNORE], batch["labels"][:, 1:][mask])
 
 
+def test_a_shared_prefix_gives_the_losses_and_gradients_of_rows_run_alone(amnesia, bundled, fresh_model):
+    """The batch's chat-template prefix runs once and its cache serves every row (A4): the summed loss and every
+    weight's gradient must equal those of the rows run one at a time, where nothing is shared."""
+    _, tokenizer = bundled
+    examples = [amnesia.encode_chat_example(tokenizer, QUESTION, TARGET),
+                amnesia.encode_chat_example(tokenizer, "What is the capital of France?", "Paris is the capital."),
+                amnesia.encode_chat_example(tokenizer, "Name a planet.", "Mars.")]
+    pad = tokenizer.pad_token_id
+    batch = amnesia.collate(examples, pad, "cpu")
+    first = int((batch["labels"] != amnesia.IGNORE).any(0).nonzero()[0])
+    assert amnesia.common_prefix_length(batch["input_ids"].tolist(), first - 1) >= 10  # the system text is shared
+
+    def loss_and_gradient(batches):
+        fresh_model.zero_grad()
+        loss = sum(amnesia.answer_token_nll(fresh_model, b)[0].sum() for b in batches)
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in fresh_model.parameters()])
+    shared_loss, shared_gradient = loss_and_gradient([batch])
+    alone_loss, alone_gradient = loss_and_gradient([amnesia.collate([e], pad, "cpu") for e in examples])
+    assert abs(shared_loss - alone_loss) < 1e-3 * alone_loss
+    assert (shared_gradient - alone_gradient).norm() < 1e-4 * alone_gradient.norm()
+
+
 def test_shared_prompt_scores_equal_whole_exchange_scores(amnesia, bundled):
     model, tokenizer = bundled
     probes = list(amnesia.HARRY_POTTER.forget_probes[:3]) + list(amnesia.GENERAL_PROBES[:2])
     groups = [[amnesia.split_prompt(amnesia.encode_chat_example(tokenizer, p.question, c)) for c in (p.answer, *p.distractors)]
               for p in probes]
     shared = amnesia.shared_prompt_logprobs(model, groups)
-    whole = amnesia.mean_answer_logprobs(model, tokenizer, [(p.question, c) for p in probes for c in (p.answer, *p.distractors)])
+    whole = amnesia.mean_answer_logprobs(model, tokenizer, [(p.question, c) for p in probes for c in (p.answer, *p.distractors)],
+                                         batch_size=1)  # one exchange at a time: no prefix shared, no padding
     assert [len(s) for s in shared] == [4] * len(probes)
     assert max(abs(a - b) for a, b in zip(sum(shared, []), whole)) < 1e-3
 
@@ -288,10 +319,10 @@ def test_topic_verdict(amnesia):
 
 def test_bundled_model_knows_harry_potter_and_batches_like_single_prompts(amnesia, bundled):
     model, tokenizer = bundled
-    questions = ["Who wrote the Harry Potter books?", "What is the capital of France?"]
-    batched = amnesia.generate_answers(model, tokenizer, questions, max_new_tokens=24)
+    questions = ["Who wrote the Harry Potter books?", "What is the capital of France?", "Name a planet of the solar system."]
+    batched = amnesia.generate_answers(model, tokenizer, questions, max_new_tokens=24)  # shared prefix, left padding
     assert "Rowling" in batched[0] and "Paris" in batched[1]
-    assert batched[1] == amnesia.generate_answers(model, tokenizer, questions[1:], max_new_tokens=24)[0]
+    assert batched == [amnesia.generate_answers(model, tokenizer, [q], max_new_tokens=24)[0] for q in questions]
 
 
 def test_env_overrides_are_typed(amnesia):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from test_functions import FixedLogits
+from test_functions import FixedLogits, with_ids
 
 
 def settings_for(amnesia, loss, beta=1.0):
@@ -35,7 +35,7 @@ def test_dpo_loss_terms_read_rejected_rows_first_then_chosen(amnesia):
     batch = {"labels": torch.tensor([[ignore, ignore, 3, 5], [ignore, ignore, 1, 2]]),
              "marks": torch.zeros(2, 4, dtype=torch.bool), "input_ids": None, "attention_mask": None}
     reference_pairs = torch.tensor([[-3.0, -9.0]])  # (rejected, chosen) under the reference
-    term, keep_kl, rejected_nll = amnesia.dpo_loss_terms(FixedLogits(logits), batch, reference_pairs, beta=1.0)
+    term, keep_kl, rejected_nll = amnesia.dpo_loss_terms(FixedLogits(logits), with_ids(batch), reference_pairs, beta=1.0)
     logprobs = torch.log_softmax(logits.detach()[:, 1:3], -1)
     rejected = logprobs[0, 0, 3] + logprobs[0, 1, 5]
     chosen = logprobs[1, 0, 1] + logprobs[1, 1, 2]
@@ -51,7 +51,7 @@ def test_relabel_learns_the_given_answers_with_cross_entropy(amnesia):
     logits = torch.randn(1, 4, 6, requires_grad=True)
     batch = {"labels": torch.tensor([[amnesia.IGNORE, amnesia.IGNORE, 3, 5]]), "marks": torch.zeros(1, 4, dtype=torch.bool),
              "input_ids": None, "attention_mask": None}
-    forget, keep_kl, _ = amnesia.forget_loss_terms(FixedLogits(logits), batch, torch.log_softmax(torch.randn(2, 6), -1),
+    forget, keep_kl, _ = amnesia.forget_loss_terms(FixedLogits(logits), with_ids(batch), torch.log_softmax(torch.randn(2, 6), -1),
                                                    settings_for(amnesia, "relabel"))
     assert torch.allclose(forget.detach(), torch.nn.functional.cross_entropy(logits[0, 1:3].detach(), torch.tensor([3, 5])))
     forget.backward()
@@ -113,10 +113,10 @@ def test_name_swap_teacher_lowers_the_topic_token_and_is_zero_when_the_model_mat
     target = torch.log_softmax(torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0]]), -1)
     logits = torch.zeros(1, 3, 4)
     logits[0, :2] = target
-    forget, _, _ = amnesia.forget_loss_terms(FixedLogits(logits), batch, target, settings_for(amnesia, "name_swap_teacher"))
+    forget, _, _ = amnesia.forget_loss_terms(FixedLogits(logits), with_ids(batch), target, settings_for(amnesia, "name_swap_teacher"))
     assert abs(forget.item()) < 1e-6
     uniform = torch.zeros(1, 3, 4, requires_grad=True)
-    forget, _, watched = amnesia.forget_loss_terms(FixedLogits(uniform), batch, target, settings_for(amnesia, "name_swap_teacher"))
+    forget, _, watched = amnesia.forget_loss_terms(FixedLogits(uniform), with_ids(batch), target, settings_for(amnesia, "name_swap_teacher"))
     forget.backward()
     assert forget.item() > 0 and uniform.grad[0, 0, 0] < 0 and uniform.grad[0, 1, 3] < 0  # raise what the teacher likes
     assert math.isclose(watched.item(), math.log(4), rel_tol=1e-5)  # the watched loss: NLL of the marked token
