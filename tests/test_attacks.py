@@ -103,3 +103,19 @@ def test_no_probe_can_be_answered_from_the_relearning_control(amnesia):
         leaks = amnesia.probe_leaks(amnesia.probe_sets_for(topic), [], list(amnesia.RELEARN_CONTROL), [], generic)
         assert not leaks, leaks
     assert not {q for q, _ in amnesia.RELEARN_CONTROL} & set(amnesia.RETAIN_QUESTIONS)
+
+
+def test_candidate_states_are_the_full_runs_hidden_states_at_the_last_answer_token(amnesia, bundled):
+    """The latent probe's states skip the layers above the probed one and share the prompt's prefix: they must still be
+    the hidden states a whole forward pass has there."""
+    model, tokenizer = bundled
+    probes = amnesia.HARRY_POTTER.forget_probes[:2]
+    layer = len(amnesia.decoder_layers(model)) // 2
+    states = amnesia.candidate_states(model, tokenizer, probes, layer, batch_size=5)  # batches that cut across probes
+    assert states.shape == (2, 4, model.config.hidden_size)
+    for k, (probe, candidate) in enumerate([(p, c) for p in probes for c in (p.answer, *p.distractors)]):
+        example = amnesia.encode_chat_example(tokenizer, probe.question, candidate)
+        with torch.no_grad():
+            full = model(input_ids=torch.tensor([example["input_ids"]]), output_hidden_states=True).hidden_states
+        last = max(i for i, label in enumerate(example["labels"]) if label != amnesia.IGNORE)
+        assert torch.allclose(states[k // 4, k % 4], full[layer + 1][0, last], atol=1e-3, rtol=1e-3)  # [0] is the embedding
