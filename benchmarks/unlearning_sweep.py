@@ -5,7 +5,7 @@ its checkpoint choice read only the TUNING half of the probes. The table reports
 kept weights. Rows are resumable: each finished (row, seed) is stored in the JSON file and skipped next time.
 
     python benchmarks/unlearning_sweep.py                 # all rows, 3 seeds
-    python benchmarks/unlearning_sweep.py --quick         # 1 seed, 20 steps
+    python benchmarks/unlearning_sweep.py --quick         # a first look: 3 rows, 1 seed, 20 steps, no attacks
     python benchmarks/unlearning_sweep.py --rows targeted_npo,npo --seeds 0
     python benchmarks/unlearning_sweep.py --table-only      # the table of what is stored, nothing run
     python benchmarks/unlearning_sweep.py --rows targeted_npo_lr6e-5 --seeds 0 --redo   # again, with the attacks
@@ -58,6 +58,7 @@ ROWS = {
 MARKED_WORDS = {name: ("Harry",) for name in ROWS if name.endswith("_harry_marked")}
 MEASURES = ("keyword", "likelihood")
 DEFAULT_ROW = "targeted_npo_lr6e-5"  # the notebook's default settings on the bundled model
+QUICK_ROWS = ("gradient_ascent", "npo", DEFAULT_ROW)  # --quick: the two classic baselines and the default
 
 
 def notebook_defaults(amnesia):
@@ -241,21 +242,28 @@ def write_section(path, text, marker="<!-- results of other scripts below; bench
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    parser.add_argument("--rows", default=None, help="comma-separated rows (default: all): " + ", ".join(ROWS))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 20 steps")
+    parser.add_argument("--quick", action="store_true", help="a first look in about ten minutes on 2 cores: the rows "
+                        f"{', '.join(QUICK_ROWS)} (unless --rows), seed 0, 20 steps, no attacks (unless --attack-steps); "
+                        "the table is printed, results.md and the figure are left alone (unless --write, --figure)")
     parser.add_argument("--topic", default="Harry Potter")
     parser.add_argument("--results", default=str(HERE / "sweep_results.json"))
     parser.add_argument("--table-only", action="store_true", help="run nothing: tabulate the stored results")
     parser.add_argument("--redo", action="store_true", help="run the chosen rows and seeds again even if stored "
                         "(for example to add the attack columns to a row run before them)")
-    parser.add_argument("--attack-steps", type=int, default=12, help="relearning steps of the attacks on each kept model "
-                        "(the notebook's ATTACK_STEPS); 0 skips the attacks")
-    parser.add_argument("--write", default=str(HERE / "results.md"), help="results file to put the table into ('' for none)")
-    parser.add_argument("--figure", default=str(HERE.parent / "docs" / "tradeoff.png"),
-                        help="where to draw the notebook's trade-off figure of the chosen rows ('' for none)")
+    parser.add_argument("--attack-steps", type=int, default=None, help="relearning steps of the attacks on each kept "
+                        "model (default 12, the notebook's ATTACK_STEPS; 0 with --quick); 0 skips the attacks")
+    parser.add_argument("--write", default=None, help="results file to put the table into ('' for none; default "
+                        "benchmarks/results.md, none with --quick)")
+    parser.add_argument("--figure", default=None, help="where to draw the notebook's trade-off figure of the chosen rows "
+                        "('' for none; default docs/tradeoff.png, none with --quick)")
     args = parser.parse_args()
-    rows = [r for r in args.rows.split(",") if r]
+    quick_or = lambda value, quick, full: value if value is not None else (quick if args.quick else full)
+    args.attack_steps = quick_or(args.attack_steps, 0, 12)
+    args.write = quick_or(args.write, "", str(HERE / "results.md"))
+    args.figure = quick_or(args.figure, "", str(HERE.parent / "docs" / "tradeoff.png"))
+    rows = [r for r in quick_or(args.rows, ",".join(QUICK_ROWS), ",".join(ROWS)).split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
@@ -277,7 +285,8 @@ def main():
                                                            defaults, max_steps, MARKED_WORDS.get(row, ()),
                                                            *(trainable or ["all"]), attack_steps=args.attack_steps)
             path.write_text(json.dumps(results, indent=1))  # resumable: a finished run is never redone
-    rows = list(ROWS)  # the table and the figure show every stored row and seed, not only the ones run now
+    if not args.quick:  # the table and the figure show every stored row and seed, not only the ones run now
+        rows = list(ROWS)
     seeds = sorted({int(key.split("@")[1]) for key in results if key.endswith(f"@{max_steps}")})
     chosen = {key: value for key, value in results.items() if key.endswith(f"@{max_steps}")}
     text = (f"## Forgetting methods side by side (`benchmarks/unlearning_sweep.py`)\n\n"
