@@ -5,8 +5,11 @@ OUTPUT_DIR ?= outputs
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 NBVAL_OUTPUT_DIR := $(shell mktemp -d -u /tmp/amnesia-nbval-XXXXXX)
+RUN_DIR := $(shell mktemp -d -u /tmp/amnesia-run-XXXXXX)
 COLAB_VENV ?= .venv-colab
-# every cell of the notebook on a 2-step budget, with the other preset and another loss
+NBVAL := -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 -p no:cacheprovider
+# every cell of the notebook on a 2-step budget, with the other preset and another loss (tests/test_rerun.py runs
+# the same settings with the loop cell run twice)
 NBVAL_SMOKE := AMNESIA_MODEL=bundled AMNESIA_MAX_STEPS=2 AMNESIA_EVAL_EVERY=1 AMNESIA_OUTPUT_DIR=$(NBVAL_OUTPUT_DIR) \
   AMNESIA_TOPIC="The Beatles" AMNESIA_FORGET_LOSS=rmu AMNESIA_RUN_ABLATION=0 AMNESIA_ATTACK_STEPS=2
 
@@ -26,17 +29,23 @@ run: install
 	  --ExecutePreprocessor.timeout=-1 --output-dir $(OUTPUT_DIR)
 	@echo "Executed notebook, safety_report.png, metrics.json and model/ are in $(OUTPUT_DIR)/"
 
+# The unit tests; then every cell with nbval on the default settings, recording what each cell showed; then the
+# end-to-end assertions on that same run (tests/test_end_to_end.py executes the notebook itself when run alone).
 test: install
 	$(VENV)/bin/nbstripout --verify targeted_amnesia.ipynb
-	$(PYTHON) -m pytest tests -v --durations=5
-	$(NBVAL_SMOKE) $(PYTHON) -m pytest --nbval-lax --nbval-current-env targeted_amnesia.ipynb -p no:cacheprovider
+	$(PYTHON) -m pytest tests -v --durations=5 --ignore=tests/test_end_to_end.py
+	mkdir -p $(RUN_DIR)
+	AMNESIA_MODEL=bundled AMNESIA_OUTPUT_DIR=$(RUN_DIR) AMNESIA_NBVAL_RECORD=$(RUN_DIR)/nbval_cells.json \
+	  PYTHONPATH=tests $(PYTHON) $(NBVAL) -p nbval_record targeted_amnesia.ipynb
+	AMNESIA_FINISHED_RUN=$(RUN_DIR) $(PYTHON) -m pytest tests/test_end_to_end.py -v -p no:cacheprovider
+	rm -rf $(RUN_DIR)
 
 # The same unit tests and nbval smoke run with the package versions Colab ships (requirements-colab.txt), in a
 # separate environment; the end-to-end run and the TinyLlama-shaped check stay with `make test`.
 colab-check: $(COLAB_VENV)/installed
 	$(COLAB_VENV)/bin/python -c "import torch, transformers, accelerate, ipywidgets, matplotlib; print('torch', torch.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '| ipywidgets', ipywidgets.__version__, '| matplotlib', matplotlib.__version__)"
 	$(COLAB_VENV)/bin/python -m pytest tests -q --ignore=tests/test_end_to_end.py --ignore=tests/test_tinyllama_shape.py
-	$(NBVAL_SMOKE) $(COLAB_VENV)/bin/python -m pytest --nbval-lax --nbval-current-env targeted_amnesia.ipynb -p no:cacheprovider -q
+	$(NBVAL_SMOKE) $(COLAB_VENV)/bin/python $(NBVAL) targeted_amnesia.ipynb -q
 
 $(COLAB_VENV)/installed: requirements-colab.txt requirements-tools.txt
 	test -x $(COLAB_VENV)/bin/python || python3 -m venv $(COLAB_VENV)

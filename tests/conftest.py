@@ -42,9 +42,10 @@ def fresh_model(bundled):
     return copy.deepcopy(bundled[0])
 
 
-@pytest.fixture
-def tiny_run(amnesia, bundled):
-    """Everything run_unlearning needs, on small tuning probe sets, one marked forget exchange and a short retain set."""
+@pytest.fixture(scope="session")
+def tiny_data(amnesia, bundled):
+    """The loop's data on small tuning probe sets, one marked forget exchange and a short retain set, with the
+    original's step-0 baseline measured once for the whole session (the loop only reads it)."""
     reference, tokenizer = bundled
     pad = tokenizer.pad_token_id
     probe_sets = {name: probes[:2] for name, probes in amnesia.probe_sets_for(amnesia.HARRY_POTTER, "tuning").items()}
@@ -54,8 +55,15 @@ def tiny_run(amnesia, bundled):
     heldout = amnesia.collate([amnesia.encode_text_example(tokenizer, t) for t in amnesia.HELDOUT_TEXTS[:3]], pad, "cpu")
     watched = ["Who is Harry Potter?"]
     baseline = amnesia.measure_step_zero(reference, reference, tokenizer, watched, probe_sets, heldout)
-    data = amnesia.UnlearningData(tokenizer, watched, forget, retain, heldout, probe_sets, baseline,
+    return amnesia.UnlearningData(tokenizer, watched, forget, retain, heldout, probe_sets, baseline,
                                   amnesia.HARRY_POTTER.keywords)
+
+
+@pytest.fixture
+def tiny_run(amnesia, bundled, tiny_data):
+    """run_unlearning on `tiny_data` with small settings; each test passes the model it trains."""
+    reference = bundled[0]
+    baseline = copy.deepcopy(tiny_data.baseline)  # each test its own copy: no test can change what the next one reads
 
     def run(model, steps=2, learning_rate=1e-5, rules=amnesia.StopRules(), retain_weight=1.0, eval_every=10,
             forget_loss="targeted_ga", precision="auto", trainable="all", frozen_reference=None, forget_examples=None):
@@ -63,7 +71,7 @@ def tiny_run(amnesia, bundled):
                                         eval_every=eval_every, forget_loss=forget_loss, retain_batch_size=2,
                                         precision=precision, rules=rules)
         amnesia.select_trainable(model, trainable)
-        chosen = dataclasses.replace(data, forget_examples=forget_examples) if forget_examples else data
+        chosen = dataclasses.replace(run.data, forget_examples=forget_examples or run.data.forget_examples)
         return amnesia.run_unlearning(model, frozen_reference or reference, chosen, settings)
-    run.data = data  # for tests that call the loop's relatives (the ablation) on the same data
+    run.data = dataclasses.replace(tiny_data, baseline=baseline)  # for tests that call the loop's relatives (the ablation)
     return run

@@ -21,10 +21,40 @@ KEEP_FLOOR = {"neighbour": {"keyword": 13 / 15, "likelihood": 18 / 19}, "general
 ABLATION_DAMAGE = 0.2  # summed over neighbour and general, both measures: without KL they must lose clearly more
 
 
+RECORDED_CELLS = "nbval_cells.json"  # written into the run's output folder by tests/nbval_record.py
+
+
+def recorded_run(folder):
+    """The notebook as `make test`'s nbval run executed it: its outputs put back from what the run recorded."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    recorded = {cell["id"]: cell["outputs"] for cell in json.loads((folder / RECORDED_CELLS).read_text())}
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert len(recorded) == len(code), f"the nbval run stopped after {len(recorded)} of {len(code)} code cells"
+    for cell in code:
+        cell.outputs = [nbformat.from_dict(output) for output in recorded[cell.id]]
+    return notebook
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Execute the notebook once with MODEL=bundled; return (executed notebook, output folder, metrics)."""
-    output_dir = tmp_path_factory.mktemp("outputs")
+    """The notebook executed once with MODEL=bundled and its default settings: (executed notebook, output folder,
+    metrics). `make test` executes it with nbval and names that run's folder in AMNESIA_FINISHED_RUN; run alone,
+    this test executes the notebook itself."""
+    finished = os.environ.get("AMNESIA_FINISHED_RUN")
+    if finished:
+        output_dir = Path(finished)
+        notebook = recorded_run(output_dir)
+    else:
+        output_dir = tmp_path_factory.mktemp("outputs")
+        notebook = execute_default_run(output_dir)
+    keep = os.environ.get("AMNESIA_KEEP_TEST_RUN")  # a folder to keep this run's outputs and executed notebook in
+    if keep:
+        shutil.copytree(output_dir, keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model", RECORDED_CELLS))
+        nbformat.write(notebook, Path(keep) / "executed.ipynb")
+    return notebook, output_dir, json.loads((output_dir / "metrics.json").read_text())
+
+
+def execute_default_run(output_dir):
     environment = {"AMNESIA_MODEL": "bundled", "AMNESIA_OUTPUT_DIR": str(output_dir)}
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)  # the kernel inherits this process's environment
@@ -35,11 +65,7 @@ def run(tmp_path_factory):
     finally:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-    keep = os.environ.get("AMNESIA_KEEP_TEST_RUN")  # a folder to keep this run's outputs and executed notebook in
-    if keep:
-        shutil.copytree(output_dir, keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model"))
-        nbformat.write(notebook, Path(keep) / "executed.ipynb")
-    return notebook, output_dir, json.loads((output_dir / "metrics.json").read_text())
+    return notebook
 
 
 def share(counts):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers.initialization import no_init_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import llama_style_tokenizer  # noqa: E402
@@ -29,6 +30,18 @@ def tensor_bytes(tensors):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def random_tinyllama():
+    """TinyLlama's architecture with random weights: built without transformers' initialisation, then every matrix
+    drawn once, uniformly with the standard deviation 0.02 of TinyLlama's initialiser (three times faster than
+    normal draws here), and every norm weight set to one."""
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**TINYLLAMA), dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.uniform_(-0.02 * 3 ** 0.5, 0.02 * 3 ** 0.5) if param.dim() > 1 else param.fill_(1.0)
+    return model.eval()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", default="float16", choices=["float16", "bfloat16", "float32"])
@@ -38,8 +51,7 @@ def main():
     nb = load_notebook_functions()
     torch.manual_seed(0)
     started = begun = time.time()
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**TINYLLAMA), dtype=torch.float32)
-    model.eval()
+    model = random_tinyllama()
     tokenizer = llama_style_tokenizer()
     tokenizer.pad_token, tokenizer.padding_side = tokenizer.unk_token, "left"
     precision = nb.resolve_precision("cpu", args.precision)
