@@ -1,10 +1,24 @@
 """Shared fixtures: the notebook's function cells as a module, and the bundled model loaded once."""
+import contextlib
 import copy
 import dataclasses
+import os
 
 import pytest
 
 from notebook_loader import NOTEBOOK, load_notebook_functions  # noqa: F401  (NOTEBOOK is used by other tests)
+
+
+@contextlib.contextmanager
+def environment(values):
+    """Set environment variables for the duration of a `with` block (a notebook kernel started in it inherits them)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 def llama_style_tokenizer():

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import NOTEBOOK
+from conftest import NOTEBOOK, environment
 
 MARGIN = 0.15  # one or two probes either way: the test half has ~10-27 known probes per set and measure
 # The sweep's default row (targeted_npo at 6e-5, "Harry" unmarked, seed 0) on the test half: forget likelihood kept
@@ -55,16 +55,10 @@ def run(tmp_path_factory):
 
 
 def execute_default_run(output_dir):
-    environment = {"AMNESIA_MODEL": "bundled", "AMNESIA_OUTPUT_DIR": str(output_dir)}
-    saved = {key: os.environ.get(key) for key in environment}
-    os.environ.update(environment)  # the kernel inherits this process's environment
-    try:
+    with environment({"AMNESIA_MODEL": "bundled", "AMNESIA_OUTPUT_DIR": str(output_dir)}):
         notebook = nbformat.read(NOTEBOOK, as_version=4)
         NotebookClient(notebook, timeout=2400, kernel_name="python3",
                        resources={"metadata": {"path": str(output_dir)}}).execute()
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
     return notebook
 
 

@@ -1,17 +1,16 @@
-"""The whole notebook on a 2-step budget with the other preset and another loss (the settings of the Makefile's
-NBVAL_SMOKE), with the loop cell run a second time in the same kernel before the cells after it: the second run starts
-again from the original weights and reuses the step-0 baseline measured once, as a presenter who presses the cell's
-run button again would expect, and every later cell still runs on it."""
+"""The whole notebook on a 2-step budget with the other preset and another loss (the Makefile's NBVAL_SMOKE
+settings, with one evaluation point instead of two), with the loop cell run a second time in the same kernel before
+the cells after it: the second run starts again from the original weights and reuses the step-0 baseline measured
+once, as a presenter who presses the cell's run button again would expect, and every later cell still runs on it."""
 import json
-import os
 import re
 
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import NOTEBOOK
+from conftest import NOTEBOOK, environment
 
-SMOKE = {"AMNESIA_MODEL": "bundled", "AMNESIA_MAX_STEPS": "2", "AMNESIA_EVAL_EVERY": "1", "AMNESIA_TOPIC": "The Beatles",
+SMOKE = {"AMNESIA_MODEL": "bundled", "AMNESIA_MAX_STEPS": "2", "AMNESIA_EVAL_EVERY": "2", "AMNESIA_TOPIC": "The Beatles",
          "AMNESIA_FORGET_LOSS": "rmu", "AMNESIA_RUN_ABLATION": "0", "AMNESIA_ATTACK_STEPS": "2"}
 REPORT = ("import json\nprint(json.dumps({'losses': [round(s['loss'], 6) for s in history['steps']], "
           "'answers': [e['answer'] for e in history['evals']], 'kept': history['kept_step']}))")
@@ -25,13 +24,10 @@ def loop_cell_index(notebook):
 
 
 def test_running_the_loop_cell_twice_gives_the_same_run_and_every_cell_runs_after_it(tmp_path):
-    environment = {**SMOKE, "AMNESIA_OUTPUT_DIR": str(tmp_path)}
-    saved = {key: os.environ.get(key) for key in environment}
-    os.environ.update(environment)  # the kernel inherits this process's environment
-    try:
-        notebook = nbformat.read(NOTEBOOK, as_version=4)
-        loop = loop_cell_index(notebook)
-        report = nbformat.v4.new_code_cell(REPORT)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    loop = loop_cell_index(notebook)
+    report = nbformat.v4.new_code_cell(REPORT)
+    with environment({**SMOKE, "AMNESIA_OUTPUT_DIR": str(tmp_path)}):
         client = NotebookClient(notebook, timeout=900, kernel_name="python3",
                                 resources={"metadata": {"path": str(tmp_path)}})
         with client.setup_kernel():
@@ -44,11 +40,8 @@ def test_running_the_loop_cell_twice_gives_the_same_run_and_every_cell_runs_afte
             second = report.outputs[-1]["text"]
             for index, cell in enumerate(notebook.cells[loop + 1:], start=loop + 1):
                 client.execute_cell(cell, index)
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
     first, second = json.loads(first), json.loads(second)
-    assert len(first["losses"]) == 2 and first["answers"]
+    assert len(first["losses"]) == 2 and len(first["answers"]) == 2  # step 0 (the baseline) and step 2
     assert first == second  # not a continuation of the first run: the same losses, answers and kept step
     metrics = json.loads((tmp_path / "metrics.json").read_text())  # written by the last cells, after the second run
     assert metrics["config"]["TOPIC"] == "The Beatles" and len(metrics["steps"]) == 2
