@@ -9,7 +9,7 @@ RUN_DIR := $(shell mktemp -d -u /tmp/amnesia-run-XXXXXX)
 COLAB_VENV ?= .venv-colab
 NBVAL := -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 -p no:cacheprovider
 # every cell of the notebook on a 2-step budget, with the other preset and another loss (tests/test_rerun.py runs
-# the same settings with the loop cell run twice)
+# these settings with one evaluation point, and the loop cell run twice)
 NBVAL_SMOKE := AMNESIA_MODEL=bundled AMNESIA_MAX_STEPS=2 AMNESIA_EVAL_EVERY=1 AMNESIA_OUTPUT_DIR=$(NBVAL_OUTPUT_DIR) \
   AMNESIA_TOPIC="The Beatles" AMNESIA_FORGET_LOSS=rmu AMNESIA_RUN_ABLATION=0 AMNESIA_ATTACK_STEPS=2
 
