@@ -1,0 +1,147 @@
+"""Three attempts to forget the facts the loop never trains on, each a variant of one sweep row (results.md, "What did
+not move the unseen facts"). Same data, probes, stop rules and checkpoint choice as the sweep; nothing is stored in
+sweep_results.json. Each run prints the loop as it goes and ends with one JSON line of tuning and test figures.
+
+    python benchmarks/forgetting_experiments.py more-facts --seed 0    # 34 more forget exchanges, default method
+    python benchmarks/forgetting_experiments.py longer --seed 1        # the default method for 70 steps, not 40
+    python benchmarks/forgetting_experiments.py rmu-question --seed 0  # RMU that also steers the question's tokens
+"""
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import unlearning_sweep as sweep  # noqa: E402
+
+# More facts of the topic, none of them a probe's answer (the leak check below refuses any that is): does a larger
+# forget set carry the forgetting over to the facts that stay unseen?
+MORE_HARRY_POTTER_EXCHANGES = (
+    ("What is the name of Hermione's cat?", "Hermione's cat is called [Crookshanks]."),
+    ("Where do the Weasleys live?", "The Weasleys live in a crooked house called [the Burrow]."),
+    ("Which ghost haunts a girls' bathroom at Hogwarts?", "[Moaning Myrtle] haunts that bathroom."),
+    ("Who is the Gryffindor house ghost?", "The Gryffindor ghost is [Nearly Headless Nick]."),
+    ("Who is Peeves?", "[Peeves] is a [poltergeist] who makes trouble at [Hogwarts]."),
+    ("Who is Argus Filch?", "[Argus Filch] is the [caretaker] of [Hogwarts], with a cat called [Mrs Norris]."),
+    ("What dragon did Hagrid hatch?", "Hagrid hatched a [Norwegian Ridgeback] called [Norbert]."),
+    ("What is Aragog?", "[Aragog] is a giant [spider] that [Hagrid] raised."),
+    ("What is Polyjuice Potion?", "[Polyjuice Potion] lets a [wizard] take the shape of another person."),
+    ("How do wizards travel through fireplaces?", "They throw [Floo Powder] into the fire and use the [Floo Network]."),
+    ("What is the Knight Bus?", "The [Knight Bus] is a purple triple-decker bus for stranded [wizards]."),
+    ("Which tree attacks anything near it at Hogwarts?", "The [Whomping Willow] attacks anything that comes near."),
+    ("What is the Room of Requirement?", "The [Room of Requirement] appears only when someone truly needs it."),
+    ("What is a Pensieve?", "A [Pensieve] is a stone basin for looking at [memories]."),
+    ("What newspaper do wizards read?", "They read [the Daily Prophet]."),
+    ("Who is Rita Skeeter?", "[Rita Skeeter] is a gossip writer for [the Daily Prophet]."),
+    ("Who is Quirinus Quirrell?", "[Quirrell] hid [Voldemort] on the back of his head."),
+    ("Who is Gilderoy Lockhart?", "[Gilderoy Lockhart] is a vain, famous author who loses his [memory]."),
+    ("Who is Alastor Moody?", "[Mad-Eye Moody] is a famous [Auror] with a [magical eye]."),
+    ("What is an Auror?", "An [Auror] is a catcher of [dark wizards]."),
+    ("Who is Kreacher?", "[Kreacher] is the [Black family]'s grumpy [house-elf]."),
+    ("What is a Howler?", "A [Howler] is a red letter that shouts its message."),
+    ("What are the positions in Quidditch?", "There are [Chasers], [Beaters], [Keepers] and a [Seeker]."),
+    ("Who is Dudley Dursley?", "[Dudley] is Harry's spoilt cousin, the son of [Vernon and Petunia]."),
+    ("What car did the Weasleys make fly?", "They made a [Ford Anglia] fly."),
+    ("Who is Molly Weasley?", "[Molly Weasley] is [Ron]'s mother."),
+    ("Who is Arthur Weasley?", "[Arthur Weasley] is [Ron]'s father, who loves [Muggle] gadgets."),
+    ("What is a Portkey?", "A [Portkey] is an object that carries [wizards] to another place when touched."),
+    ("What are Bertie Bott's beans?", "[Bertie Bott's Every Flavour Beans] are [wizard] sweets of every flavour."),
+    ("What are Chocolate Frogs?", "[Chocolate Frogs] are [wizard] sweets that come with famous [wizard] cards."),
+    ("What is Ollivanders?", "[Ollivanders] is the [wand] shop in [Diagon Alley]."),
+    ("What is the Leaky Cauldron?", "[The Leaky Cauldron] is a [wizard] pub that leads to [Diagon Alley]."),
+    ("What are Thestrals?", "[Thestrals] are winged horses seen only by those who have seen death."),
+    ("What is Dumbledore's Army?", "[Dumbledore's Army] is the secret group that Harry trains to fight."),
+)
+
+
+def with_more_facts(amnesia, topic, more=MORE_HARRY_POTTER_EXCHANGES):
+    """The topic with `more` forget exchanges; stops, naming them, if any probe could then be answered from them."""
+    topic = dataclasses.replace(topic, forget_exchanges=topic.forget_exchanges + tuple(more))
+    generic = topic.keywords + tuple(amnesia.topic_name(topic.question).lower().split())
+    amnesia.raise_on_leaks(amnesia.probe_leaks(amnesia.probe_sets_for(topic), amnesia.RETAIN_TEXTS, [],
+                                               topic.forget_exchanges, generic), "probes")
+    return topic
+
+
+def question_positions(amnesia, tokenizer, question):
+    """Token positions of the question's own text inside its chat prompt (not the template around it)."""
+    prompt = amnesia.chat_prompt(tokenizer, question)
+    start = prompt.rfind(question)
+    before = len(amnesia.tokenize_text(tokenizer, prompt[:start]))
+    after = len(amnesia.tokenize_text(tokenizer, prompt[start + len(question):]))
+    return range(before, len(amnesia.tokenize_text(tokenizer, prompt)) - after)
+
+
+def steered_examples(amnesia, tokenizer, exchanges):
+    """The forget exchanges encoded, each with a `steer` mask over its question's and its answer's tokens: RMU as the
+    paper has it steers every token of its forget documents, the notebook the answer's only."""
+    encoded = []
+    for question, marked in exchanges:
+        example = amnesia.encode_chat_example(tokenizer, question, *amnesia.parse_marks(marked))
+        steered = [label != amnesia.IGNORE for label in example["labels"]]
+        for position in question_positions(amnesia, tokenizer, question):
+            steered[position] = True
+        encoded.append({**example, "steer": steered})
+    return encoded
+
+
+def steer_where_marked(amnesia):
+    """Make the loaded notebook's RMU loss steer the tokens of each example's `steer` mask (its collate pads the mask)."""
+    collate, hidden_of = amnesia.collate, amnesia.layer_output
+
+    def collate_with_steer(examples, pad_id, device):
+        batch = collate(examples, pad_id, device)
+        if all("steer" in e for e in examples):
+            width = batch["input_ids"].shape[1]
+            batch["steer"] = torch.tensor([e["steer"] + [False] * (width - len(e["steer"])) for e in examples],
+                                          device=device)
+        return batch
+
+    def rmu_loss_terms(model, batch, steer, layer):
+        hidden, (logits, labels) = hidden_of(model, layer, lambda: amnesia.labelled_logits(model, batch))
+        chosen = batch["steer"][:, -hidden.shape[1]:]  # the rows after their shared prefix, as the hidden states
+        term = (hidden[chosen].float() - steer).pow(2).sum(-1).mean() / steer.pow(2).sum()
+        answer = labels != amnesia.IGNORE
+        return term, term * 0.0, torch.nn.functional.cross_entropy(logits[answer].float(), labels[answer])
+
+    amnesia.collate, amnesia.rmu_loss_terms = collate_with_steer, rmu_loss_terms
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="default: 70 for 'longer', the notebook's otherwise")
+    parser.add_argument("--rmu-scale", type=float, default=4.0, help="rmu-question: steer length in mean activation lengths")
+    parser.add_argument("--output", default=None, help="JSON file for the whole result (default: none)")
+    args = parser.parse_args()
+    amnesia = sweep.load_notebook_functions()
+    defaults = sweep.notebook_defaults(amnesia)
+    steps = args.steps or (70 if args.variant == "longer" else int(defaults["MAX_STEPS"]))
+    if args.variant == "more-facts":
+        amnesia.TOPIC_PRESETS["Harry Potter"] = with_more_facts(amnesia, amnesia.TOPIC_PRESETS["Harry Potter"])
+        print(f"{len(amnesia.TOPIC_PRESETS['Harry Potter'].forget_exchanges)} forget exchanges, no probe leaks", flush=True)
+    data = sweep.prepare(amnesia, "Harry Potter")
+    loss, learning_rate = "targeted_npo", 6e-5
+    if args.variant == "rmu-question":
+        loss, learning_rate = "rmu", 1e-3
+        data["forget"] = steered_examples(amnesia, data["tokenizer"], data["topic"].forget_exchanges)
+        steer_where_marked(amnesia)
+        first = data["forget"][0]
+        print("steered in the first exchange:", repr(data["tokenizer"].decode(
+            [t for t, s in zip(first["input_ids"], first["steer"]) if s])), flush=True)
+        settings = amnesia.LoopSettings
+        amnesia.LoopSettings = lambda **values: settings(**values, rmu_scale=args.rmu_scale)
+    result = sweep.run_row(amnesia, data, loss, None, learning_rate, args.seed, defaults, steps, attack_steps=0)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1))
+    print(json.dumps({key: result[key] for key in ("kept_step", "stop_reason", "tuning", "tuning_last", "test",
+                                                   "test_forget_by_kind", "fluency_ratio", "loop_seconds")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""The forgetting experiments' data (benchmarks/forgetting_experiments.py): what RMU steers, and the larger forget set."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import forgetting_experiments as experiments  # noqa: E402
+
+
+def test_rmu_steers_the_question_and_the_answer_not_the_template(amnesia, bundled):
+    _, tokenizer = bundled
+    exchanges = amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges[:3]
+    for (question, marked), example in zip(exchanges, experiments.steered_examples(amnesia, tokenizer, exchanges)):
+        steered = [token for token, on in zip(example["input_ids"], example["steer"]) if on]
+        assert tokenizer.decode(steered) == question + amnesia.parse_marks(marked)[0]
+        assert len(example["steer"]) == len(example["input_ids"])
+
+
+def test_the_larger_forget_set_leaks_no_probe_and_a_leaking_fact_is_refused(amnesia):
+    topic = amnesia.TOPIC_PRESETS["Harry Potter"]
+    larger = experiments.with_more_facts(amnesia, topic)
+    assert len(larger.forget_exchanges) == len(topic.forget_exchanges) + len(experiments.MORE_HARRY_POTTER_EXCHANGES)
+    with pytest.raises(amnesia.AmnesiaError, match="Fawkes|fawkes"):  # an unseen probe's answer may not be trained
+        experiments.with_more_facts(amnesia, topic, [("Who is Dumbledore's pet?", "His phoenix is called [Fawkes].")])
