@@ -116,7 +116,8 @@ def main():
     parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="default: 70 for 'longer', the notebook's otherwise")
-    parser.add_argument("--rmu-scale", type=float, default=4.0, help="rmu-question: steer length in mean activation lengths")
+    parser.add_argument("--rmu-scale", type=float, default=1.0, help="rmu-question: steer length in mean activation lengths "
+                        "(the notebook divides the term by the steer's squared length, so a longer one pulls less hard)")
     parser.add_argument("--output", default=None, help="JSON file for the whole result (default: none)")
     args = parser.parse_args()
     amnesia = sweep.load_notebook_functions()
