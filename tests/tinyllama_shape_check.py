@@ -71,7 +71,7 @@ def main():
     forget_reference = torch.cat(nb.reference_logprobs_per_example(reference, forget, pad, "cpu"))
     retain_reference = torch.cat(nb.reference_logprobs_per_example(reference, retain, pad, "cpu"))
     autocast, scaler = nb.precision_for("cpu", precision)
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = nb.adamw(params, settings.learning_rate)
     log = lambda text: print(f"{time.time() - begun:6.0f} s  {text}", file=sys.stderr, flush=True)
     log(f"built in {built:.0f} s, {tokens} tokens per step; reference log-probabilities done")
     steps = []
