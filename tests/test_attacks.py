@@ -119,3 +119,26 @@ def test_candidate_states_are_the_full_runs_hidden_states_at_the_last_answer_tok
             full = model(input_ids=torch.tensor([example["input_ids"]]), output_hidden_states=True).hidden_states
         last = max(i for i, label in enumerate(example["labels"]) if label != amnesia.IGNORE)
         assert torch.allclose(states[k // 4, k % 4], full[layer + 1][0, last], atol=1e-3, rtol=1e-3)  # [0] is the embedding
+
+
+def test_a_lora_run_is_attacked_merged_with_the_base_as_its_original(amnesia, bundled, fresh_model, monkeypatch):
+    reference, tokenizer = bundled
+    adapters = amnesia.select_trainable(fresh_model, "lora", lora_rank=4, lora_alpha=8)
+    with torch.no_grad():
+        for p in adapters[1::2]:
+            p.normal_(0, 0.02)  # an unlearned LoRA model: every B moved
+    plain = amnesia.attack_target(reference, reference, [], [])
+    assert plain[0] is reference and plain[3] == "the weights unlearning changed"  # no adapters: attacked as it is
+    attacked, params, original, what = amnesia.attack_target(fresh_model, reference, adapters, amnesia.snapshot(adapters))
+    assert what == "the merged model, all weights" and attacked is not fresh_model
+    assert not any(isinstance(m, amnesia.LoRALinear) for m in attacked.modules())
+    assert len(params) == len(list(attacked.parameters())) == len(original) and all(p.requires_grad for p in params)
+    ids = torch.tensor([tokenizer.encode("Harry Potter goes to Hogwarts.")])
+    with torch.no_grad():
+        assert torch.allclose(attacked(ids).logits, fresh_model(ids).logits, atol=1e-3)  # the kept, merged
+        assert not torch.allclose(attacked(ids).logits, reference(ids).logits, atol=1e-3)
+        with amnesia.weights_swapped(params, original):
+            assert torch.equal(attacked(ids).logits, reference(ids).logits)  # the original: exactly the base
+    monkeypatch.setattr(amnesia, "available_memory", lambda device: 2 ** 30)  # a merged copy cannot fit in 1 GiB
+    fallback = amnesia.attack_target(fresh_model, reference, adapters, [])
+    assert fallback[0] is fresh_model and fallback[1] is adapters and "adapters" in fallback[3]
