@@ -135,14 +135,11 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
                                                data["heldout"], data["test_before"]), data["test_before"])
     by_kind = {kind: amnesia.kind_counts(after, data["test"]["forget"], data["test_before"], kind)
                for kind in ("paraphrase", "unseen")}
-    attacks, attacked_what = None, None
+    attacks = None
     if attack_steps:  # section 8 of the notebook, on the kept weights (a LoRA row merged, as the notebook does)
-        attacked, attack_params, attack_original, attacked_what = amnesia.attack_target(
-            model, data["reference"], trainable_params, original_weights)
-        attacks = amnesia.run_attacks(attacked, data["tokenizer"], attack_params, attack_original, data["topic"],
-                                      amnesia.EXTRACTION_PROMPTS.get(data["topic_name"], ()), attack_steps)
-        del attacked, attack_params, attack_original
-    return {"attacks": attacks and {"attacked": attacked_what, "extraction_keyword": attacks["extraction"]["keyword"],
+        attacks = amnesia.run_attacks(model, data["reference"], data["tokenizer"], trainable_params, original_weights,
+                                      data["topic"], amnesia.EXTRACTION_PROMPTS.get(data["topic_name"], ()), attack_steps)
+    return {"attacks": attacks and {"attacked": attacks["attacked"], "extraction_keyword": attacks["extraction"]["keyword"],
                                     "extraction_likelihood": attacks["extraction"]["likelihood"],
                                     "recovered_fraction": attacks["relearning"]["recovered_fraction"],
                                     "control_fraction": attacks["relearning"]["control_fraction"],
