@@ -298,12 +298,14 @@ def main():
             f"Best on the TUNING half, over the seeds every row has run (each kept checkpoint already has retention "
             f"within tolerance; likelihood kept first, keyword kept to break ties): "
             f"**{best_on_tuning(chosen, rows)}**.\n")
-    unattacked = [row for row in rows if any(key.split("@")[0] == row for key in chosen)
-                  and not any(key.split("@")[0] == row and value.get("attacks") for key, value in chosen.items())]
+    unattacked = {row: [key.split("@")[1] for key, value in chosen.items() if key.split("@")[0] == row and not value.get("attacks")]
+                  for row in rows}
+    unattacked = {row: seeds for row, seeds in unattacked.items() if seeds}
     if unattacked:
         text += (f"\nThe attack columns (notebook section 8: extraction prompts, relearning with {args.attack_steps} steps and its "
-                 f"control, the refitted latent probe, one figure per seed) are empty for rows run before the attacks "
-                 f"existed: {', '.join(unattacked)}; `--redo` runs them again with the attacks.\n")
+                 f"control, the refitted latent probe, one figure per seed) leave out the seeds run before the attacks "
+                 f"existed: " + "; ".join(f"{row} (seed{'s' * (len(seeds) > 1)} {', '.join(seeds)})" for row, seeds in unattacked.items())
+                 + ". `--redo` with those seeds runs them again with the attacks.\n")
     missing = [row for row in rows if not any(key.split("@")[0] == row for key in chosen)]
     if missing:
         text += f"\nNot run yet with these settings: {', '.join(missing)}.\n"
