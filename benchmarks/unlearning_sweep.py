@@ -298,7 +298,8 @@ def main():
             f"Best on the TUNING half, over the seeds every row has run (each kept checkpoint already has retention "
             f"within tolerance; likelihood kept first, keyword kept to break ties): "
             f"**{best_on_tuning(chosen, rows)}**.\n")
-    unattacked = {row: [key.split("@")[1] for key, value in chosen.items() if key.split("@")[0] == row and not value.get("attacks")]
+    unattacked = {row: sorted((key.split("@")[1] for key, value in chosen.items()
+                               if key.split("@")[0] == row and not value.get("attacks")), key=int)
                   for row in rows}
     unattacked = {row: seeds for row, seeds in unattacked.items() if seeds}
     if unattacked:
