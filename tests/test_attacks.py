@@ -53,6 +53,34 @@ def test_the_relearning_attack_never_touches_the_kept_weights(amnesia, bundled, 
     assert amnesia.weights_fingerprint(fresh_model) == before
 
 
+def test_run_attacks_fine_tunes_the_merged_copy_of_a_lora_model_and_leaves_the_model_alone(amnesia, bundled, fresh_model,
+                                                                                          monkeypatch):
+    """run_attacks picks its own target: every attack must act on the merged copy with all its weights, never on the
+    LoRA model that the notebook goes on to save. The measurements are replaced by recorders to keep this fast."""
+    reference, tokenizer = bundled
+    adapters = amnesia.select_trainable(fresh_model, "lora", lora_rank=4, lora_alpha=8)
+    with torch.no_grad():
+        for p in adapters[1::2]:
+            p.normal_(0, 0.02)
+    before = amnesia.weights_fingerprint(fresh_model)
+    seen = []
+
+    def fake_curve(model, tokenizer, params, start_weights, *args, start_count=None, **kwargs):
+        seen.append((model, len(params), len(start_weights)))
+        return [(0, start_count or (1, 1)), (1, (1, 1))]
+
+    monkeypatch.setattr(amnesia, "relearning_curve", fake_curve)
+    monkeypatch.setattr(amnesia, "likelihood_hits", lambda model, tokenizer, probes: [True] * len(probes))
+    monkeypatch.setattr(amnesia, "candidate_states", lambda model, tokenizer, probes, layer: torch.randn(len(probes), 4, 8))
+    result = amnesia.run_attacks(fresh_model, reference, tokenizer, adapters, amnesia.snapshot(adapters),
+                                 amnesia.HARRY_POTTER, (), attack_steps=1)
+    weights = len(list(reference.parameters()))
+    assert result["attacked"] == "the merged model, all weights"
+    assert len(seen) == 3 and all(model is not fresh_model and (n, m) == (weights, weights) for model, n, m in seen)
+    assert not any(isinstance(m, amnesia.LoRALinear) for m in seen[0][0].modules())
+    assert amnesia.weights_fingerprint(fresh_model) == before
+
+
 def test_weights_come_back_even_when_the_attack_fails(amnesia, fresh_model):
     params = amnesia.select_trainable(fresh_model, "middle-mlp")
     before = amnesia.weights_fingerprint(fresh_model)

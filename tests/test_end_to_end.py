@@ -132,6 +132,7 @@ def test_the_defaults_come_from_the_small_model_set_and_are_recorded(run):
 def test_the_attacks_ran_on_the_kept_model_and_were_recorded(run):
     notebook, output_dir, metrics = run
     attacks = metrics["attacks"]
+    assert attacks["attacked"] == "the weights unlearning changed"  # no adapters: the kept model itself
     assert (output_dir / "attacks.png").stat().st_size > 10_000
     assert len(attacks["extraction"]["rows"]) == 24
     k, n = attacks["extraction"]["keyword"]
