@@ -435,3 +435,21 @@ def test_retain_and_heldout_sets_are_the_texts_then_the_chats(amnesia, bundled):
     assert list(encoded[0]["input_ids"]) == list(amnesia.encode_text_example(tokenizer, "A plain sentence.")["input_ids"])
     chat = amnesia.encode_chat_example(tokenizer, "Who wrote Hamlet?", "Shakespeare.")
     assert list(encoded[1]["input_ids"]) == list(chat["input_ids"]) and list(encoded[1]["labels"]) == list(chat["labels"])
+
+
+def test_safety_report_draws_a_model_whose_answers_have_no_perplexity(amnesia):
+    """A model that answers with nothing (a random one, or one broken by training) has an infinite fluency; the report
+    still draws, with the finite points alone setting the fluency axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    scores = {name: {"keyword": 1.0, "likelihood": 1.0} for name in amnesia.SET_COLOURS}
+    evals = [{"step": step, "retain_accuracy": 0.5, "scores": scores, "fluency": fluency}
+             for step, fluency in ((0, float("inf")), (10, 2.0), (20, float("inf")))]
+    history = {"steps": [{"step": s, "forget_loss": 3.0 + s} for s in range(1, 21)], "evals": evals,
+               "stop_step": 20, "kept_step": 10}
+    figure = amnesia.plot_safety_report(history, "report")
+    fluency_axis = figure.axes[-1]
+    assert fluency_axis.get_ylim() == (0, 6.0)  # three times the first finite fluency
+    history["evals"] = [dict(e, fluency=float("inf")) for e in evals]  # no finite point at all: no limits set, no error
+    amnesia.plot_safety_report(history, "report")
