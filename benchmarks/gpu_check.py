@@ -13,7 +13,8 @@ a T4's memory and how long its parts take.
 
     python benchmarks/gpu_check.py OUT_DIR                         # on a machine with a GPU
     python benchmarks/gpu_check.py OUT_DIR --shape small --skip-shape-check   # a dry run of part 2 on the CPU
-    python benchmarks/gpu_check.py OUT_DIR --bundled float32,float16   # the bundled model's default run, twice
+    python benchmarks/gpu_check.py OUT_DIR --bundled float32,float16,float16@1   # the bundled model's default run
+        # per precision (@SEED: another seed; runs with a seed keep only their metrics.json)
 """
 import argparse
 import json
