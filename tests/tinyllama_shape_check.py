@@ -90,22 +90,21 @@ def main():
     optimizer = nb.adamw(params, settings.learning_rate)
     log = lambda text: print(f"{time.time() - begun:6.0f} s  {text}", file=sys.stderr, flush=True)
     log(f"built in {built:.0f} s, {tokens} tokens per step; reference log-probabilities done")
-    steps, timed = [], []
+
+    def timed_step():
+        started = time.time()
+        losses = nb.training_step(model, optimizer, forget_batch, forget_reference, retain_batch, retain_reference,
+                                  settings, autocast, scaler)
+        synchronise()
+        return {"seconds": round(time.time() - started, 3), **losses}
+
+    steps = []
     for _ in range(args.max_steps):  # float16 may skip the first updates (gradient overflow at the scaler's start)
-        started = time.time()
-        losses = nb.training_step(model, optimizer, forget_batch, forget_reference, retain_batch, retain_reference,
-                                  settings, autocast, scaler)
-        synchronise()
-        steps.append({"seconds": round(time.time() - started, 2), **losses})
+        steps.append(timed_step())
         log(f"training step: {steps[-1]}")
-        if not losses["skipped"]:
+        if not steps[-1]["skipped"]:
             break
-    for _ in range(args.timed_steps - 1):  # the first step pays for kernel selection and allocation; these do not
-        started = time.time()
-        losses = nb.training_step(model, optimizer, forget_batch, forget_reference, retain_batch, retain_reference,
-                                  settings, autocast, scaler)
-        synchronise()
-        timed.append({"seconds": round(time.time() - started, 3), **losses})
+    timed = [timed_step() for _ in range(args.timed_steps - 1)]  # the first step paid for kernel choice and allocation
     log(f"{len(timed)} more steps: {[t['seconds'] for t in timed]} s")
     step_peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     real = {"weights": tensor_bytes(model.parameters()),
