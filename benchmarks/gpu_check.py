@@ -162,7 +162,8 @@ def main():
         part("t4_recipe", lambda: shape_check(device, args.shape, "float16", args.gpu_memory_gib, 240))
     folder = Path("/tmp/random-tinyllama" if args.shape == "tinyllama" else "/tmp/random-small-llama")
     part("random_model_parameters", lambda: save_random_model(folder, TINYLLAMA if args.shape == "tinyllama" else SMALL, device))
-    torch.cuda.empty_cache() if device == "cuda" else None
+    if device == "cuda":
+        torch.cuda.empty_cache()  # give the random model's memory back before the notebook's kernel starts
     part("notebook", lambda: run_notebook(folder, "float16", args.out / "notebook_outputs",
                                           args.out / "executed_notebook.ipynb", args.gpu_memory_gib, args.cell_timeout))
     if not args.skip_shape_check:
