@@ -3,7 +3,8 @@
 1. `tests/tinyllama_shape_check.py` on the GPU: the T4 recipe (float16 autocast, GradScaler, float16 reference, the
    middle MLPs) with the notebook's batch (8 forget and 4 retain examples) and PyTorch held to the 14.7 GiB a T4
    offers: seconds per step, one evaluation point on every tuning probe, peak memory against the plan. Then the same
-   with bfloat16, the path `auto` takes on a GPU that has it.
+   with LoRA adapters over a float16 base (`TRAINABLE=lora`), and, last, with bfloat16, the path `auto` takes on a
+   GPU that has it.
 2. The whole notebook, every cell, on a random TinyLlama saved to a folder with a stand-in tokenizer of TinyLlama's
    32000 tokens and chat format (`AMNESIA_MODEL=<folder>`, `PRECISION=float16`, `CONTINUE_IF_UNKNOWN`), executed by
    nbclient with the same 14.7 GiB limit: which cells fail on CUDA, each cell's seconds, the peak memory.
@@ -108,10 +109,10 @@ def run_notebook(model, precision, output_dir, executed_path, gib, cell_timeout)
     return summary
 
 
-def shape_check(device, shape, precision, cap, timeout):
+def shape_check(device, shape, precision, cap, timeout, trainable="auto"):
     """tests/tinyllama_shape_check.py with the notebook's batch, 5 timed steps and every tuning probe."""
     command = [sys.executable, str(ROOT / "tests" / "tinyllama_shape_check.py"), "--device", device, "--precision",
-               precision, "--shape", shape, "--examples", "8", "--retain-examples", "4", "--timed-steps", "5",
+               precision, "--shape", shape, "--trainable", trainable, "--examples", "8", "--retain-examples", "4", "--timed-steps", "5",
                "--probes", "0"] + (["--gpu-memory-gib", str(cap)] if cap else [])
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     print(done.stderr[-2500:], flush=True)
@@ -160,6 +161,7 @@ def main():
         return
     if not args.skip_shape_check:
         part("t4_recipe", lambda: shape_check(device, args.shape, "float16", args.gpu_memory_gib, 240))
+        part("t4_lora", lambda: shape_check(device, args.shape, "float16", args.gpu_memory_gib, 240, trainable="lora"))
     folder = Path("/tmp/random-tinyllama" if args.shape == "tinyllama" else "/tmp/random-small-llama")
     part("random_model_parameters", lambda: save_random_model(folder, TINYLLAMA if args.shape == "tinyllama" else SMALL, device))
     if device == "cuda":

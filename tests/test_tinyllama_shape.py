@@ -28,3 +28,20 @@ def test_tinyllama_shaped_step_matches_the_memory_plan():
     assert not step["skipped"] and all(math.isfinite(step[k]) for k in ("loss", "forget_loss", "kl"))
     assert result["evaluation_finite"]
     assert result["peak_resident_gib"] < 2 * result["plan_total_gib"]  # the plan is not off by a factor
+
+
+def test_the_lora_variant_plans_its_16_bit_projections_to_the_byte():
+    """The same script with TRAINABLE=lora, float16 and a small model of TinyLlama's layout (a dry run of the T4's
+    LoRA path): the projections under the adapters stored in float16, the shared reference costing nothing of its
+    own, and the plan's bytes equal to the real tensors'."""
+    done = subprocess.run([sys.executable, str(CHECK), "--shape", "small", "--trainable", "lora", "--precision", "float16",
+                           "--max-steps", "8"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["trainable_choice"] == "lora" and result["weight_dtypes"] == ["float16", "float32"]
+    assert result["trainable"] == result["trainable_real"] == 5 * 8 * (2 * 256 + 2 * 192 + 3 * 480)  # rank 8, 7 projections
+    assert result["real_bytes"]["reference"] == 0
+    assert result["plan_bytes"] == result["real_bytes"]
+    step = result["steps"][-1]
+    assert not step["skipped"] and all(math.isfinite(step[k]) for k in ("loss", "forget_loss", "kl"))
+    assert result["evaluation_finite"]

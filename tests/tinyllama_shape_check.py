@@ -3,6 +3,7 @@ and the memory plan's byte counts checked against the real tensors. Prints one J
 
     python tests/tinyllama_shape_check.py                      # float16 autocast + loss scaler, as on a T4
     python tests/tinyllama_shape_check.py --precision bfloat16
+    python tests/tinyllama_shape_check.py --trainable lora      # adapters over a 16-bit frozen base that is the reference
     python tests/tinyllama_shape_check.py --device cuda --gpu-memory-gib 14.7 --examples 8 --retain-examples 4 \
         --timed-steps 5 --probes 0                             # a GPU held to a T4's memory, the notebook's batch
 
@@ -34,6 +35,31 @@ def tensor_bytes(tensors):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+class SavedForBackward:
+    """Bytes of the tensors autograd keeps for the backward pass, measured on any device (saved-tensor hooks, each
+    storage counted once, the model's own weights left out): what the plan calls activations and half copies."""
+
+    def __init__(self, model):
+        self.weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.storages, self.peak = {}, 0
+
+    def pack(self, tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self.weights:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def __enter__(self):
+        self.storages = {}
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+        self.peak = max(self.peak, sum(self.storages.values()))
+
+
 def random_tinyllama(device="cpu", shape=TINYLLAMA):
     """TinyLlama's architecture with random weights: built without transformers' initialisation, then every matrix
     drawn once, uniformly with the standard deviation 0.02 of TinyLlama's initialiser (three times faster than
@@ -55,6 +81,8 @@ def main():
                         "takes 4; default: as many as --examples)")
     parser.add_argument("--timed-steps", type=int, default=1, help="steps timed after the first applied update")
     parser.add_argument("--probes", type=int, default=2, help="tuning probes per set at the evaluation point (0: all)")
+    parser.add_argument("--trainable", default="auto", choices=["auto", "lora"], help="auto: the notebook's choice for "
+                        "TinyLlama (the middle MLPs); lora: rank-8 adapters, the base frozen (in 16 bits in half precision)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--shape", default="tinyllama", choices=["tinyllama", "small"], help="small: a dry run")
     parser.add_argument("--gpu-memory-gib", type=float, default=None,
@@ -71,7 +99,11 @@ def main():
     tokenizer.pad_token, tokenizer.padding_side = tokenizer.unk_token, "left"
     precision = nb.resolve_precision(device, args.precision)
     reference = nb.make_frozen_reference(model, precision)
-    params = nb.select_trainable(model, "auto")
+    params = nb.select_trainable(model, args.trainable)
+    if args.trainable == "lora":  # as the notebook does: the frozen base is the reference, in 16 bits in half precision
+        if precision.name != "float32":
+            nb.store_frozen_base(model, precision.dtype)
+        reference = nb.shared_reference(model)
     built = time.time() - started
     defaults = nb.defaults_for(sum(p.numel() for p in model.parameters()))  # the set the notebook prints for TinyLlama
     settings = nb.LoopSettings(learning_rate=defaults.learning_rate, retain_weight=defaults.retain_weight, max_steps=1, eval_every=1,
@@ -91,10 +123,13 @@ def main():
     log = lambda text: print(f"{time.time() - begun:6.0f} s  {text}", file=sys.stderr, flush=True)
     log(f"built in {built:.0f} s, {tokens} tokens per step; reference log-probabilities done")
 
+    saved = SavedForBackward(model)
+
     def timed_step():
         started = time.time()
-        losses = nb.training_step(model, optimizer, forget_batch, forget_reference, retain_batch, retain_reference,
-                                  settings, autocast, scaler)
+        with saved:
+            losses = nb.training_step(model, optimizer, forget_batch, forget_reference, retain_batch, retain_reference,
+                                      settings, autocast, scaler)
         synchronise()
         return {"seconds": round(time.time() - started, 3), **losses}
 
@@ -107,11 +142,12 @@ def main():
     timed = [timed_step() for _ in range(args.timed_steps - 1)]  # the first step paid for kernel choice and allocation
     log(f"{len(timed)} more steps: {[t['seconds'] for t in timed]} s")
     step_peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    model_storage = {p.data_ptr() for p in model.parameters()}  # a shared reference costs nothing of its own
     real = {"weights": tensor_bytes(model.parameters()),
             "gradients": tensor_bytes(p.grad for p in params if p.grad is not None),
             "optimizer": tensor_bytes(v for state in optimizer.state.values() for v in state.values()
                                       if torch.is_tensor(v) and v.dim() > 0),
-            "reference": tensor_bytes(reference.parameters())}
+            "reference": tensor_bytes(p for p in reference.parameters() if p.data_ptr() not in model_storage)}
     probes = {name: probes[:args.probes or None] for name, probes in nb.probe_sets_for(nb.HARRY_POTTER, "tuning").items()}
     heldout = nb.collate([nb.encode_text_example(tokenizer, t) for t in nb.HELDOUT_TEXTS[:args.probes or None]], pad, device)
     started = time.time()
@@ -131,7 +167,10 @@ def main():
         "parameters": plan["parameters"], "trainable": plan["trainable"],
         "trainable_real": sum(p.numel() for p in params),
         "plan_bytes": {k: plan["parts"][k] for k in real}, "real_bytes": real,
-        "plan_total_gib": round(plan["total"] / 2 ** 30, 2),
+        "plan_saved_for_backward": plan["parts"]["activations"] + plan["parts"]["half copies"],
+        "saved_for_backward": saved.peak,
+        "plan_total_gib": round(plan["total"] / 2 ** 30, 2), "trainable_choice": args.trainable,
+        "weight_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}),
         "peak_resident_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2), **gpu}))
 
 
