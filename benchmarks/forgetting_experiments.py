@@ -1,14 +1,16 @@
-"""Three attempts to forget the facts the loop never trains on, each a variant of one sweep row (results.md, "What did
-not move the unseen facts"). Same data, probes, stop rules and checkpoint choice as the sweep; nothing is stored in
+"""Attempts to forget the facts the loop never trains on, or to spare the neighbours, each a variant of one sweep row
+(results.md, "What did not move the unseen facts"). Same data, probes, stop rules and checkpoint choice as the sweep; nothing is stored in
 sweep_results.json. Each run prints the loop as it goes and ends with one JSON line of tuning and test figures.
 
     python benchmarks/forgetting_experiments.py more-facts --seed 0    # 34 more forget exchanges, default method
     python benchmarks/forgetting_experiments.py longer --seed 1        # the default method for 70 steps, not 40
     python benchmarks/forgetting_experiments.py rmu-question --seed 0  # RMU that also steers the question's tokens
+    python benchmarks/forgetting_experiments.py unmark --words J.K. --seed 0  # leave words the neighbours share unmarked
 """
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -89,6 +91,21 @@ def steered_examples(amnesia, tokenizer, exchanges):
     return encoded
 
 
+def unmark_words(answer, words):
+    """The answer with `words` taken out of its marks, so the targeted losses hold them to the reference instead of
+    pushing them: "[J.K. Rowling]" -> "J.K. [Rowling]", "a [wizard]" -> "a wizard"."""
+    for word in words:
+        answer = re.sub(rf"\[{re.escape(word)}\]", word, answer)
+        answer = re.sub(rf"\[{re.escape(word)} ", f"{word} [", answer)
+        answer = re.sub(rf" {re.escape(word)}\]", f"] {word}", answer)
+    return answer
+
+
+def with_unmarked(topic, words):
+    """The topic with `words` unmarked in every forget answer."""
+    return dataclasses.replace(topic, forget_exchanges=tuple((q, unmark_words(a, words)) for q, a in topic.forget_exchanges))
+
+
 def steer_where_marked(amnesia):
     """Make the loaded notebook's RMU loss steer the tokens of each example's `steer` mask (its collate pads the mask)."""
     collate, hidden_of = amnesia.collate, amnesia.layer_output
@@ -113,7 +130,9 @@ def steer_where_marked(amnesia):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question"))
+    parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark"))
+    parser.add_argument("--words", nargs="*", default=["J.K."], help="unmark: the words to leave unmarked")
+    parser.add_argument("--lr", type=float, default=6e-5, help="learning rate of the targeted NPO variants")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="default: 70 for 'longer', the notebook's otherwise")
     parser.add_argument("--rmu-scale", type=float, default=1.0, help="rmu-question: steer length in mean activation lengths "
@@ -126,8 +145,11 @@ def main():
     if args.variant == "more-facts":
         amnesia.TOPIC_PRESETS["Harry Potter"] = with_more_facts(amnesia, amnesia.TOPIC_PRESETS["Harry Potter"])
         print(f"{len(amnesia.TOPIC_PRESETS['Harry Potter'].forget_exchanges)} forget exchanges, no probe leaks", flush=True)
+    if args.variant == "unmark":
+        amnesia.TOPIC_PRESETS["Harry Potter"] = with_unmarked(amnesia.TOPIC_PRESETS["Harry Potter"], args.words)
+        print("\n".join(a for _, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
     data = sweep.prepare(amnesia, "Harry Potter")
-    loss, learning_rate = "targeted_npo", 6e-5
+    loss, learning_rate = "targeted_npo", args.lr
     if args.variant == "rmu-question":
         loss, learning_rate = "rmu", 1e-3
         data["forget"] = steered_examples(amnesia, data["tokenizer"], data["topic"].forget_exchanges)

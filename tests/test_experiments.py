@@ -23,3 +23,16 @@ def test_the_larger_forget_set_leaks_no_probe_and_a_leaking_fact_is_refused(amne
     assert len(larger.forget_exchanges) == len(topic.forget_exchanges) + len(experiments.MORE_HARRY_POTTER_EXCHANGES)
     with pytest.raises(amnesia.AmnesiaError, match="Fawkes|fawkes"):  # an unseen probe's answer may not be trained
         experiments.with_more_facts(amnesia, topic, [("Who is Dumbledore's pet?", "His phoenix is called [Fawkes].")])
+
+
+def test_unmarking_takes_a_word_out_of_its_mark_and_keeps_the_text(amnesia):
+    assert experiments.unmark_words("by [J.K. Rowling].", ["J.K."]) == "by J.K. [Rowling]."
+    assert experiments.unmark_words("Harry [Potter] is a [wizard].", ["wizard"]) == "Harry [Potter] is a wizard."
+    assert experiments.unmark_words("the [dark wizard] [Lord Voldemort]", ["wizard"]) == "the [dark] wizard [Lord Voldemort]"
+    topic = experiments.with_unmarked(amnesia.TOPIC_PRESETS["Harry Potter"], ["J.K."])
+    for (question, before), (same_question, after) in zip(amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges,
+                                                          topic.forget_exchanges):
+        assert same_question == question and amnesia.parse_marks(after)[0] == amnesia.parse_marks(before)[0]
+    marked = [answer[a:b] for _, text in topic.forget_exchanges for answer, spans in [amnesia.parse_marks(text)]
+              for a, b in spans]
+    assert "Rowling" in marked and not any("J.K." in text for text in marked)
