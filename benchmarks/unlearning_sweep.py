@@ -37,6 +37,9 @@ ROWS = {
     "targeted_npo": ("targeted_npo", None, 3e-5),
     "targeted_npo_lr6e-5": ("targeted_npo", None, 6e-5),
     "targeted_npo_lr1e-4": ("targeted_npo", None, 1e-4),
+    # a stronger pull back towards the reference (RETAIN_WEIGHT 10 instead of 5), so that a higher rate may stay within
+    # the retention tolerances longer
+    "targeted_npo_lr1e-4_rw10": ("targeted_npo", 10.0, 1e-4),
     "targeted_simnpo": ("targeted_simnpo", None, 6e-5),
     "rmu": ("rmu", None, 1e-3),
     "idk": ("idk", None, 3e-5),
@@ -205,7 +208,9 @@ def table(results, rows):
                                      for k in ("paraphrase", "unseen"))
         sets = lambda name: " / ".join(f"{mean_spread([share(r['test'][name][m]) for r in runs])} "
                                        f"({first['test'][name][m][0]}/{first['test'][name][m][1]})" for m in MEASURES)
-        lines.append(f"| {row} (lr {first['learning_rate']:g}) | {len(runs)} | {kinds('keyword')} | {kinds('likelihood')} | {sets('neighbour')} | "
+        retain_weight = ROWS[row][1] if row in ROWS else None  # written only where it is not the notebook's
+        settings = f"lr {first['learning_rate']:g}" + ("" if retain_weight is None else f", retain weight {retain_weight:g}")
+        lines.append(f"| {row} ({settings}) | {len(runs)} | {kinds('keyword')} | {kinds('likelihood')} | {sets('neighbour')} | "
                      f"{sets('general')} | {statistics.mean(r['fluency_ratio'] for r in runs):.2f} | "
                      f"{100 * statistics.mean(r['accuracy_change'] for r in runs):+.1f} | "
                      f"{', '.join(named(r) for r in runs)} | "
