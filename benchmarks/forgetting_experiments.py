@@ -1,6 +1,7 @@
 """Attempts to forget the facts the loop never trains on, or to spare the neighbours, each a variant of one sweep row
-(results.md, "What did not move the unseen facts"). Same data, probes, stop rules and checkpoint choice as the sweep; nothing is stored in
-sweep_results.json. Each run prints the loop as it goes and ends with one JSON line of tuning and test figures.
+(results.md, "What did not move the unseen facts"). Same data, probes, stop rules and checkpoint choice as the sweep;
+nothing is stored in sweep_results.json. Each run prints the loop as it goes and ends with one JSON line of tuning and
+test figures.
 
     python benchmarks/forgetting_experiments.py more-facts --seed 0    # 34 more forget exchanges, default method
     python benchmarks/forgetting_experiments.py longer --seed 1        # the default method for 70 steps, not 40
@@ -102,7 +103,11 @@ def unmark_words(answer, words):
 
 
 def with_unmarked(topic, words):
-    """The topic with `words` unmarked in every forget answer."""
+    """The topic with `words` unmarked in every forget answer; stops, naming them, if a word is in no mark."""
+    marked = " ".join(re.findall(r"\[[^\]]*\]", " ".join(a for _, a in topic.forget_exchanges)))
+    absent = [word for word in words if not re.search(rf"[\[ ]{re.escape(word)}[\] ]", marked)]
+    if absent:
+        raise SystemExit(f"no mark of the forget set starts or ends with {', '.join(map(repr, absent))}: nothing to unmark")
     return dataclasses.replace(topic, forget_exchanges=tuple((q, unmark_words(a, words)) for q, a in topic.forget_exchanges))
 
 

@@ -36,3 +36,5 @@ def test_unmarking_takes_a_word_out_of_its_mark_and_keeps_the_text(amnesia):
     marked = [answer[a:b] for _, text in topic.forget_exchanges for answer, spans in [amnesia.parse_marks(text)]
               for a, b in spans]
     assert "Rowling" in marked and not any("J.K." in text for text in marked)
+    with pytest.raises(SystemExit, match="Hedwig's"):  # a word in no mark is named, not silently ignored
+        experiments.with_unmarked(amnesia.TOPIC_PRESETS["Harry Potter"], ["Hedwig's"])
