@@ -4,6 +4,7 @@ nothing is stored in sweep_results.json. Each run prints the loop as it goes and
 test figures.
 
     python benchmarks/forgetting_experiments.py more-facts --seed 0    # 34 more forget exchanges, default method
+    python benchmarks/forgetting_experiments.py more-facts --names-only --seed 0  # ... with only their names marked
     python benchmarks/forgetting_experiments.py longer --seed 1        # the default method for 70 steps, not 40
     python benchmarks/forgetting_experiments.py rmu-question --seed 0  # RMU that also steers the question's tokens
     python benchmarks/forgetting_experiments.py unmark --words J.K. --seed 0  # leave words the neighbours share unmarked
@@ -68,6 +69,13 @@ def with_more_facts(amnesia, topic, more=MORE_HARRY_POTTER_EXCHANGES):
     amnesia.raise_on_leaks(amnesia.probe_leaks(amnesia.probe_sets_for(topic), amnesia.RETAIN_TEXTS, [],
                                                topic.forget_exchanges, generic), "probes")
     return topic
+
+
+def names_only(answer):
+    """The answer with only the marks that name something (a capitalised word in the mark) left: "a giant [spider]
+    that [Hagrid] raised" -> "a giant spider that [Hagrid] raised". Pushing everyday words spreads to everyday answers."""
+    return re.sub(r"\[([^\]]*)\]", lambda mark: mark.group(0) if re.search(r"\b[A-Z]", mark.group(1)) else mark.group(1),
+                  answer)
 
 
 def question_positions(amnesia, tokenizer, question):
@@ -136,6 +144,8 @@ def steer_where_marked(amnesia):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark"))
+    parser.add_argument("--names-only", action="store_true",
+                        help="more-facts: mark only the names in the added answers (marks with a capitalised word)")
     parser.add_argument("--words", nargs="*", default=["J.K."], help="unmark: the words to leave unmarked")
     parser.add_argument("--lr", type=float, default=6e-5, help="learning rate of the targeted NPO variants")
     parser.add_argument("--seed", type=int, default=0)
@@ -148,7 +158,10 @@ def main():
     defaults = sweep.notebook_defaults(amnesia)
     steps = args.steps or (70 if args.variant == "longer" else int(defaults["MAX_STEPS"]))
     if args.variant == "more-facts":
-        amnesia.TOPIC_PRESETS["Harry Potter"] = with_more_facts(amnesia, amnesia.TOPIC_PRESETS["Harry Potter"])
+        more = tuple((q, names_only(a)) for q, a in MORE_HARRY_POTTER_EXCHANGES) if args.names_only else MORE_HARRY_POTTER_EXCHANGES
+        amnesia.TOPIC_PRESETS["Harry Potter"] = with_more_facts(amnesia, amnesia.TOPIC_PRESETS["Harry Potter"], more)
+        if args.names_only:
+            print("\n".join(a for _, a in more), flush=True)
         print(f"{len(amnesia.TOPIC_PRESETS['Harry Potter'].forget_exchanges)} forget exchanges, no probe leaks", flush=True)
     if args.variant == "unmark":
         amnesia.TOPIC_PRESETS["Harry Potter"] = with_unmarked(amnesia.TOPIC_PRESETS["Harry Potter"], args.words)

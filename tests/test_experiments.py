@@ -38,3 +38,15 @@ def test_unmarking_takes_a_word_out_of_its_mark_and_keeps_the_text(amnesia):
     assert "Rowling" in marked and not any("J.K." in text for text in marked)
     with pytest.raises(SystemExit, match="Hedwig's"):  # a word in no mark is named, not silently ignored
         experiments.with_unmarked(amnesia.TOPIC_PRESETS["Harry Potter"], ["Hedwig's"])
+
+
+def test_names_only_keeps_the_marks_that_name_something_and_the_text(amnesia):
+    assert experiments.names_only("[Aragog] is a giant [spider] that [Hagrid] raised.") == \
+        "[Aragog] is a giant spider that [Hagrid] raised."
+    assert experiments.names_only("They read [the Daily Prophet] and [dark wizards] fear it.") == \
+        "They read [the Daily Prophet] and dark wizards fear it."
+    for _, answer in experiments.MORE_HARRY_POTTER_EXCHANGES:
+        kept = experiments.names_only(answer)
+        assert amnesia.parse_marks(kept)[0] == amnesia.parse_marks(answer)[0]
+        spans = amnesia.parse_marks(kept)[1]
+        assert spans and all(any(c.isupper() for c in amnesia.parse_marks(kept)[0][a:b]) for a, b in spans)
