@@ -8,8 +8,10 @@ test figures.
     python benchmarks/forgetting_experiments.py longer --seed 1        # the default method for 70 steps, not 40
     python benchmarks/forgetting_experiments.py rmu-question --seed 0  # RMU that also steers the question's tokens
     python benchmarks/forgetting_experiments.py unmark --words J.K. --seed 0  # leave words the neighbours share unmarked
+    python benchmarks/forgetting_experiments.py reinforced --seed 0    # Who's Harry Potter's generic targets
 """
 import argparse
+import copy
 import dataclasses
 import json
 import re
@@ -119,6 +121,37 @@ def with_unmarked(topic, words):
     return dataclasses.replace(topic, forget_exchanges=tuple((q, unmark_words(a, words)) for q, a in topic.forget_exchanges))
 
 
+def reinforced_model(amnesia, reference, examples, pad_id, steps, learning_rate, batch_size=8):
+    """Who's Harry Potter's *reinforced* model: a copy of the reference fine-tuned further on the topic (here the forget
+    exchanges, every answer token, plain next-token loss), so that it is more sure of the topic's tokens than the
+    reference is."""
+    reinforced = copy.deepcopy(reference).requires_grad_(True)
+    params = list(reinforced.parameters())
+    optimizer = amnesia.adamw(params, learning_rate)
+    order = list(range(len(examples)))
+    for step in range(steps):
+        batch = amnesia.collate([examples[i] for i in amnesia.rotation(step, batch_size, order)], pad_id, reference.device)
+        amnesia.answer_nll(reinforced, batch).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return reinforced.requires_grad_(False).eval()
+
+
+def generic_teachers(amnesia, reference, reinforced, examples, pad_id, alpha):
+    """Per forget example, the (answer tokens, vocab) log-probabilities of Who's Harry Potter's generic prediction,
+    v_generic = v_reference - alpha * ReLU(v_reinforced - v_reference) (log-probabilities as v), normalised: what the
+    reference would say with the topic-specific boost of each next token taken away."""
+    base = amnesia.reference_logprobs_per_example(reference, examples, pad_id, reference.device)
+    boosted = amnesia.reference_logprobs_per_example(reinforced, examples, pad_id, reference.device)
+    return [generic_logprobs(b, r, alpha) for b, r in zip(base, boosted)]
+
+
+def generic_logprobs(base, boosted, alpha):
+    """log_softmax(base - alpha * ReLU(boosted - base)) over the vocabulary (last dimension)."""
+    return torch.log_softmax(base - alpha * torch.relu(boosted - base), -1)
+
+
 def steer_where_marked(amnesia):
     """Make the loaded notebook's RMU loss steer the tokens of each example's `steer` mask (its collate pads the mask)."""
     collate, hidden_of = amnesia.collate, amnesia.layer_output
@@ -143,7 +176,10 @@ def steer_where_marked(amnesia):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark"))
+    parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark", "reinforced"))
+    parser.add_argument("--alpha", type=float, default=5.0, help="reinforced: how much of the reinforced boost is taken away")
+    parser.add_argument("--reinforce-steps", type=int, default=12, help="reinforced: fine-tuning steps of the reinforced "
+                        "model (batches of 8 forget exchanges: 3 passes over 32)")
     parser.add_argument("--names-only", action="store_true",
                         help="more-facts: mark only the names in the added answers (marks with a capitalised word)")
     parser.add_argument("--words", nargs="*", default=["J.K."], help="unmark: the words to leave unmarked")
@@ -177,6 +213,21 @@ def main():
             [t for t, s in zip(first["input_ids"], first["steer"]) if s])), flush=True)
         settings = amnesia.LoopSettings
         amnesia.LoopSettings = lambda **values: settings(**values, rmu_scale=args.rmu_scale)
+    if args.variant == "reinforced":  # the loop's name-swap-teacher path, with the generic prediction as its teacher
+        loss, pad_id = "name_swap_teacher", data["tokenizer"].pad_token_id
+        reinforced = reinforced_model(amnesia, data["reference"], data["forget"], pad_id, args.reinforce_steps, 5e-5)
+        teachers = generic_teachers(amnesia, data["reference"], reinforced, data["forget"], pad_id, args.alpha)
+        del reinforced
+        labels = [torch.tensor([t for t in e["labels"] if t != amnesia.IGNORE]) for e in data["forget"]]
+        marked = [torch.tensor([m for t, m in zip(e["labels"], e["marks"]) if t != amnesia.IGNORE]) for e in data["forget"]]
+        taught = torch.cat([t.gather(1, y.unsqueeze(1)).squeeze(1).exp() for t, y in zip(teachers, labels)])
+        own = torch.cat([o.gather(1, y.unsqueeze(1)).squeeze(1).exp() for o, y in zip(amnesia.reference_logprobs_per_example(
+            data["reference"], data["forget"], pad_id, "cpu"), labels)])
+        is_marked = torch.cat(marked).bool()
+        print(f"mean probability of the true answer token, reference -> generic teacher: marked tokens "
+              f"{own[is_marked].mean():.3f} -> {taught[is_marked].mean():.3f}, unmarked {own[~is_marked].mean():.3f} -> "
+              f"{taught[~is_marked].mean():.3f}", flush=True)
+        amnesia.name_swap_teacher = lambda reference, examples, pad_id, device: [t.to(device) for t in teachers]
     result = sweep.run_row(amnesia, data, loss, None, learning_rate, args.seed, defaults, steps, attack_steps=0)
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1))

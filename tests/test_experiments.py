@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import forgetting_experiments as experiments  # noqa: E402
@@ -50,3 +51,30 @@ def test_names_only_keeps_the_marks_that_name_something_and_the_text(amnesia):
         assert amnesia.parse_marks(kept)[0] == amnesia.parse_marks(answer)[0]
         spans = amnesia.parse_marks(kept)[1]
         assert spans and all(any(c.isupper() for c in amnesia.parse_marks(kept)[0][a:b]) for a, b in spans)
+
+
+def test_the_generic_prediction_takes_away_what_the_reinforced_model_boosts():
+    base = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]]), -1)
+    assert torch.allclose(experiments.generic_logprobs(base, base, 5.0), base)  # nothing boosted: the reference itself
+    boosted = torch.log_softmax(torch.tensor([[4.0, 1.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]]), -1)
+    generic = experiments.generic_logprobs(base, boosted, 5.0)
+    assert generic[0].argmax() != 0 and generic[0, 0] < base[0, 0]  # the boosted token loses its place ...
+    assert torch.allclose(generic[0, 1:] - generic[0, 1], base[0, 1:] - base[0, 1])  # ... the others keep their ratios
+    assert torch.allclose(generic.exp().sum(-1), torch.ones(2))
+    stronger = experiments.generic_logprobs(base, boosted, 20.0)
+    assert stronger[0, 0] < generic[0, 0]
+
+
+def test_the_reinforced_model_is_a_fine_tuned_copy_and_the_reference_stays(amnesia, bundled):
+    model, tokenizer = bundled
+    examples = [amnesia.encode_chat_example(tokenizer, q, *amnesia.parse_marks(a))
+                for q, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges[:2]]
+    batch = amnesia.collate(examples, tokenizer.pad_token_id, "cpu")
+    before = [p.detach().clone() for p in list(model.parameters())[:3]]
+    with torch.no_grad():
+        reference_nll = amnesia.answer_nll(model, batch).item()
+    reinforced = experiments.reinforced_model(amnesia, model, examples, tokenizer.pad_token_id, steps=2, learning_rate=5e-5)
+    with torch.no_grad():
+        assert amnesia.answer_nll(reinforced, batch).item() < reference_nll
+    assert all(torch.equal(a, b) for a, b in zip(before, list(model.parameters())[:3]))
+    assert not any(p.requires_grad for p in reinforced.parameters())
