@@ -9,6 +9,7 @@ test figures.
     python benchmarks/forgetting_experiments.py rmu-question --seed 0  # RMU that also steers the question's tokens
     python benchmarks/forgetting_experiments.py unmark --words J.K. --seed 0  # leave words the neighbours share unmarked
     python benchmarks/forgetting_experiments.py reinforced --seed 0    # Who's Harry Potter's generic targets
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --seed 0  # more named neighbours in the retain set
 """
 import argparse
 import copy
@@ -61,6 +62,22 @@ MORE_HARRY_POTTER_EXCHANGES = (
     ("What is the Leaky Cauldron?", "[The Leaky Cauldron] is a [wizard] pub that leads to [Diagon Alley]."),
     ("What are Thestrals?", "[Thestrals] are winged horses seen only by those who have seen death."),
     ("What is Dumbledore's Army?", "[Dumbledore's Army] is the secret group that Harry trains to fight."),
+)
+
+# More retain questions about other stories' characters and authors (the neighbours lost names: "Frodo Binding",
+# "Charlotte Bumble"): none is a probe, and an answer the reference writes with a probe's keyword is dropped as usual.
+MORE_RETAIN_QUESTIONS = (
+    "Who is Anne Shirley?", "Who is Atticus Finch?", "Who is Jay Gatsby?", "Who is Elizabeth Bennet?",
+    "Who is Huckleberry Finn?", "Who is Captain Nemo?", "Who is Paddington Bear?", "Who is Nancy Drew?",
+    "Who is Asterix?", "Who is Bambi?", "Who is Captain Ahab?", "Who is Jean Valjean?", "Who is Miss Marple?",
+    "Who is Indiana Jones?", "Who is Lara Croft?", "Who is Geralt of Rivia?", "Who is Beowulf?", "Who is Hercules?",
+    "Who is Achilles?", "Who is Peppa Pig?", "Who is Moomin?", "Who is the Little Mermaid?", "Who is Rapunzel?",
+    "Who is Aladdin?", "Who is Sinbad?", "Who wrote The Waste Land?", "Who wrote Mary Poppins?",
+    "Who wrote Goosebumps?", "Who wrote Anne of Green Gables?", "Who wrote Black Beauty?",
+    "Who wrote The Call of the Wild?", "Who wrote Watership Down?", "Who wrote The Phantom Tollbooth?",
+    "Who wrote Inkheart?", "Who wrote His Dark Materials?", "Who wrote the Earthsea books?",
+    "Who wrote the Discworld novels?", "Who wrote The Neverending Story?", "Who wrote Mistborn?",
+    "Who wrote The Name of the Wind?", "Who wrote Artemis Fowl?",
 )
 
 
@@ -176,7 +193,7 @@ def steer_where_marked(amnesia):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark", "reinforced"))
+    parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark", "reinforced", "more-retain"))
     parser.add_argument("--alpha", type=float, default=5.0, help="reinforced: how much of the reinforced boost is taken away")
     parser.add_argument("--reinforce-steps", type=int, default=12, help="reinforced: fine-tuning steps of the reinforced "
                         "model (batches of 8 forget exchanges: 3 passes over 32)")
@@ -202,7 +219,12 @@ def main():
     if args.variant == "unmark":
         amnesia.TOPIC_PRESETS["Harry Potter"] = with_unmarked(amnesia.TOPIC_PRESETS["Harry Potter"], args.words)
         print("\n".join(a for _, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
+    if args.variant == "more-retain":
+        amnesia.RETAIN_QUESTIONS = list(amnesia.RETAIN_QUESTIONS) + [q for q in MORE_RETAIN_QUESTIONS
+                                                                     if q not in amnesia.RETAIN_QUESTIONS]
     data = sweep.prepare(amnesia, "Harry Potter")
+    if args.variant == "more-retain":
+        print(f"{len(data['retain'])} retain examples after dropping the leaking answers", flush=True)
     loss, learning_rate = "targeted_npo", args.lr
     if args.variant == "rmu-question":
         loss, learning_rate = "rmu", 1e-3

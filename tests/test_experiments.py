@@ -78,3 +78,14 @@ def test_the_reinforced_model_is_a_fine_tuned_copy_and_the_reference_stays(amnes
         assert amnesia.answer_nll(reinforced, batch).item() < reference_nll
     assert all(torch.equal(a, b) for a, b in zip(before, list(model.parameters())[:3]))
     assert not any(p.requires_grad for p in reinforced.parameters())
+
+
+def test_the_extra_retain_questions_are_new_and_no_probe_or_held_out_question(amnesia):
+    questions = [amnesia.normalise(q) for q in experiments.MORE_RETAIN_QUESTIONS]
+    assert len(set(questions)) == len(questions)
+    taken = {amnesia.normalise(q) for q in amnesia.RETAIN_QUESTIONS}
+    taken |= {amnesia.normalise(q) for q, _ in amnesia.HELDOUT_CHATS}
+    taken |= {amnesia.normalise(p.question) for topic in amnesia.TOPIC_PRESETS.values()
+              for probes in amnesia.probe_sets_for(topic).values() for p in probes}
+    taken |= {amnesia.normalise(q) for topic in amnesia.TOPIC_PRESETS.values() for q, _ in topic.forget_exchanges}
+    assert not taken & set(questions)
