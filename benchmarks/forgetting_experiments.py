@@ -219,10 +219,8 @@ def main():
     if args.variant == "unmark":
         amnesia.TOPIC_PRESETS["Harry Potter"] = with_unmarked(amnesia.TOPIC_PRESETS["Harry Potter"], args.words)
         print("\n".join(a for _, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
-    if args.variant == "more-retain":
-        amnesia.RETAIN_QUESTIONS = list(amnesia.RETAIN_QUESTIONS) + [q for q in MORE_RETAIN_QUESTIONS
-                                                                     if q not in amnesia.RETAIN_QUESTIONS]
-    data = sweep.prepare(amnesia, "Harry Potter")
+    retain_questions = sweep.retain_questions_for(amnesia, more=args.variant == "more-retain")
+    data = sweep.prepare(amnesia, "Harry Potter", retain_questions)
     if args.variant == "more-retain":
         print(f"{len(data['retain'])} retain examples after dropping the leaking answers", flush=True)
     loss, learning_rate = "targeted_npo", args.lr

@@ -55,10 +55,13 @@ ROWS = {
     "name_swap_teacher_lr2e-5": ("name_swap_teacher", None, 2e-5),
     "targeted_npo_lora_lr3e-4": ("targeted_npo", None, 3e-4, "lora"),
     "targeted_npo_lora_lr1e-3": ("targeted_npo", None, 1e-3, "lora"),
+    # the retain set with more of other stories' characters and authors (forgetting_experiments.MORE_RETAIN_QUESTIONS)
+    "targeted_npo_lr1e-4_more_retain": ("targeted_npo", None, 1e-4),
 }
 # rows trained with the first name "Harry" marked as well, as the preset had it before the sweep showed that pushing
 # it hurts Harry Houdini (a neighbour probe); only the targeted losses read the marks
 MARKED_WORDS = {name: ("Harry",) for name in ROWS if name.endswith("_harry_marked")}
+MORE_RETAIN_ROWS = {name for name in ROWS if name.endswith("_more_retain")}
 MEASURES = ("keyword", "likelihood")
 DEFAULT_ROW = "targeted_npo_lr6e-5"  # the notebook's default settings on the bundled model
 QUICK_ROWS = ("gradient_ascent", "npo", DEFAULT_ROW)  # --quick: the two classic baselines and the default
@@ -87,8 +90,20 @@ def mark_words(answer, words):
     return answer
 
 
-def prepare(amnesia, topic_name):
-    """Model, reference, data and step-0 measurements, shared by every row."""
+def retain_questions_for(amnesia, more):
+    """The retain questions a row trains on: with `more`, the notebook's and every one of
+    forgetting_experiments.MORE_RETAIN_QUESTIONS; without, the notebook's less those (the set every other row ran with),
+    so that a stored row keeps its meaning whichever set the notebook holds."""
+    from forgetting_experiments import MORE_RETAIN_QUESTIONS
+
+    if more:
+        return list(amnesia.RETAIN_QUESTIONS) + [q for q in MORE_RETAIN_QUESTIONS if q not in amnesia.RETAIN_QUESTIONS]
+    return [q for q in amnesia.RETAIN_QUESTIONS if q not in MORE_RETAIN_QUESTIONS]
+
+
+def prepare(amnesia, topic_name, retain_questions=None):
+    """Model, reference, data and step-0 measurements, shared by every row of the same retain questions (the
+    notebook's unless given)."""
     topic = amnesia.TOPIC_PRESETS[topic_name]
     source, _ = amnesia.resolve_model_source("bundled", has_gpu=False)
     model, tokenizer = amnesia.load_model_and_tokenizer(source, "cpu")
@@ -96,7 +111,7 @@ def prepare(amnesia, topic_name):
     forget = [amnesia.encode_chat_example(tokenizer, q, *amnesia.parse_marks(a)) for q, a in topic.forget_exchanges]
     probes = amnesia.probe_sets_for(topic)
     generic = topic.keywords + tuple(amnesia.topic_name(topic.question).lower().split())
-    generated = amnesia.on_policy_answers(reference, tokenizer, amnesia.RETAIN_QUESTIONS,
+    generated = amnesia.on_policy_answers(reference, tokenizer, retain_questions or amnesia.RETAIN_QUESTIONS,
                                           amnesia.retain_cache_file(source))
     retain_chats, _ = amnesia.drop_leaking_retain(generated, probes, generic)
     retain = amnesia.encode_texts_and_chats(tokenizer, amnesia.RETAIN_TEXTS, retain_chats)
@@ -283,9 +298,13 @@ def main():
                                        if args.redo or f"{row}@{seed}@{max_steps}" not in results]
     print(f"{len(todo)} runs to do, {max_steps} steps each; defaults {defaults}", flush=True)
     if todo:
-        data = prepare(amnesia, args.topic)
+        prepared = {}  # by retain set: the notebook's, or with more questions
         from tqdm.auto import tqdm
         for row, seed in tqdm(todo, desc="sweep"):
+            more = row in MORE_RETAIN_ROWS
+            if more not in prepared:
+                prepared[more] = prepare(amnesia, args.topic, retain_questions_for(amnesia, more))
+            data = prepared[more]
             loss, retain_weight, learning_rate, *trainable = ROWS[row]
             results[f"{row}@{seed}@{max_steps}"] = run_row(amnesia, data, loss, retain_weight, learning_rate, seed,
                                                            defaults, max_steps, MARKED_WORDS.get(row, ()),

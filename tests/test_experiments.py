@@ -89,3 +89,15 @@ def test_the_extra_retain_questions_are_new_and_no_probe_or_held_out_question(am
               for probes in amnesia.probe_sets_for(topic).values() for p in probes}
     taken |= {amnesia.normalise(q) for topic in amnesia.TOPIC_PRESETS.values() for q, _ in topic.forget_exchanges}
     assert not taken & set(questions)
+
+
+def test_each_sweep_row_gets_the_retain_set_it_ran_with_whichever_the_notebook_holds():
+    import types
+
+    import unlearning_sweep as sweep
+
+    extra = list(experiments.MORE_RETAIN_QUESTIONS)
+    for notebook_set in (["What is a noun?", "Who is Batman?"], ["What is a noun?", "Who is Batman?"] + extra):
+        notebook = types.SimpleNamespace(RETAIN_QUESTIONS=notebook_set)
+        assert sweep.retain_questions_for(notebook, more=False) == ["What is a noun?", "Who is Batman?"]
+        assert sweep.retain_questions_for(notebook, more=True) == ["What is a noun?", "Who is Batman?"] + extra
