@@ -63,7 +63,7 @@ ROWS = {
 MARKED_WORDS = {name: ("Harry",) for name in ROWS if name.endswith("_harry_marked")}
 MORE_RETAIN_ROWS = {name for name in ROWS if name.endswith("_more_retain")}
 MEASURES = ("keyword", "likelihood")
-DEFAULT_ROW = "targeted_npo_lr6e-5"  # the notebook's default settings on the bundled model
+DEFAULT_ROW = "targeted_npo_lr1e-4_more_retain"  # the notebook's default settings on the bundled model
 QUICK_ROWS = ("gradient_ascent", "npo", DEFAULT_ROW)  # --quick: the two classic baselines and the default
 
 

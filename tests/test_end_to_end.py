@@ -14,10 +14,10 @@ from nbclient import NotebookClient
 from conftest import NOTEBOOK, environment
 
 MARGIN = 0.15  # one or two probes either way: the test half has ~10-27 known probes per set and measure
-# The sweep's default row (targeted_npo at 6e-5, "Harry" unmarked, seed 0) on the test half: forget likelihood kept
-# 12/27, neighbour 13/15 by keyword and 18/19 by likelihood, general 15/15 and 8/9.
+# The sweep's default row (targeted_npo at 1e-4 with the larger retain set, "Harry" unmarked, seed 0) on the test half:
+# forget likelihood kept 12/27, neighbour 13/15 by keyword and 17/19 by likelihood, general 15/15 and 9/9.
 FORGET_LIKELIHOOD_KEPT = 12 / 27
-KEEP_FLOOR = {"neighbour": {"keyword": 13 / 15, "likelihood": 18 / 19}, "general": {"keyword": 15 / 15, "likelihood": 8 / 9}}
+KEEP_FLOOR = {"neighbour": {"keyword": 13 / 15, "likelihood": 17 / 19}, "general": {"keyword": 15 / 15, "likelihood": 9 / 9}}
 ABLATION_DAMAGE = 0.2  # summed over neighbour and general, both measures: without KL they must lose clearly more
 
 
@@ -126,7 +126,7 @@ def test_ablation_without_kl_damages_what_the_main_run_keeps(run):
 def test_the_defaults_come_from_the_small_model_set_and_are_recorded(run):
     _, _, metrics = run
     config = metrics["config"]
-    assert (config["LEARNING_RATE"], config["RETAIN_WEIGHT"], config["TRAINABLE"]) == (6e-5, 5.0, "all")
+    assert (config["LEARNING_RATE"], config["RETAIN_WEIGHT"], config["TRAINABLE"]) == (1e-4, 5.0, "all")
 
 
 def test_the_attacks_ran_on_the_kept_model_and_were_recorded(run):

@@ -80,15 +80,16 @@ def test_the_reinforced_model_is_a_fine_tuned_copy_and_the_reference_stays(amnes
     assert not any(p.requires_grad for p in reinforced.parameters())
 
 
-def test_the_extra_retain_questions_are_new_and_no_probe_or_held_out_question(amnesia):
-    questions = [amnesia.normalise(q) for q in experiments.MORE_RETAIN_QUESTIONS]
-    assert len(set(questions)) == len(questions)
-    taken = {amnesia.normalise(q) for q in amnesia.RETAIN_QUESTIONS}
-    taken |= {amnesia.normalise(q) for q, _ in amnesia.HELDOUT_CHATS}
+def test_the_later_retain_questions_close_the_notebooks_set_and_none_is_a_probe_or_held_out_question(amnesia):
+    extra = [amnesia.normalise(q) for q in experiments.MORE_RETAIN_QUESTIONS]
+    retain = [amnesia.normalise(q) for q in amnesia.RETAIN_QUESTIONS]
+    assert retain[-len(extra):] == extra  # appended in the order the sweep's row trained them
+    assert len(set(retain)) == len(retain)
+    taken = {amnesia.normalise(q) for q, _ in amnesia.HELDOUT_CHATS}
     taken |= {amnesia.normalise(p.question) for topic in amnesia.TOPIC_PRESETS.values()
               for probes in amnesia.probe_sets_for(topic).values() for p in probes}
     taken |= {amnesia.normalise(q) for topic in amnesia.TOPIC_PRESETS.values() for q, _ in topic.forget_exchanges}
-    assert not taken & set(questions)
+    assert not taken & set(retain)
 
 
 def test_each_sweep_row_gets_the_retain_set_it_ran_with_whichever_the_notebook_holds():
