@@ -9,7 +9,7 @@ test figures.
     python benchmarks/forgetting_experiments.py rmu-question --seed 0  # RMU that also steers the question's tokens
     python benchmarks/forgetting_experiments.py unmark --words J.K. --seed 0  # leave words the neighbours share unmarked
     python benchmarks/forgetting_experiments.py reinforced --seed 0    # Who's Harry Potter's generic targets
-    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --seed 0  # more named neighbours in the retain set
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --seed 0  # with the retain questions about other stories
 """
 import argparse
 import copy
@@ -64,22 +64,6 @@ MORE_HARRY_POTTER_EXCHANGES = (
     ("What is Dumbledore's Army?", "[Dumbledore's Army] is the secret group that Harry trains to fight."),
 )
 
-# More retain questions about other stories' characters and authors (the neighbours lost names: "Frodo Binding",
-# "Charlotte Bumble"): none is a probe, and an answer the reference writes with a probe's keyword is dropped as usual.
-MORE_RETAIN_QUESTIONS = (
-    "Who is Anne Shirley?", "Who is Atticus Finch?", "Who is Jay Gatsby?", "Who is Elizabeth Bennet?",
-    "Who is Huckleberry Finn?", "Who is Captain Nemo?", "Who is Paddington Bear?", "Who is Nancy Drew?",
-    "Who is Asterix?", "Who is Bambi?", "Who is Captain Ahab?", "Who is Jean Valjean?", "Who is Miss Marple?",
-    "Who is Indiana Jones?", "Who is Lara Croft?", "Who is Geralt of Rivia?", "Who is Beowulf?", "Who is Hercules?",
-    "Who is Achilles?", "Who is Peppa Pig?", "Who is Moomin?", "Who is the Little Mermaid?", "Who is Rapunzel?",
-    "Who is Aladdin?", "Who is Sinbad?", "Who wrote The Waste Land?", "Who wrote Mary Poppins?",
-    "Who wrote Goosebumps?", "Who wrote Anne of Green Gables?", "Who wrote Black Beauty?",
-    "Who wrote The Call of the Wild?", "Who wrote Watership Down?", "Who wrote The Phantom Tollbooth?",
-    "Who wrote Inkheart?", "Who wrote His Dark Materials?", "Who wrote the Earthsea books?",
-    "Who wrote the Discworld novels?", "Who wrote The Neverending Story?", "Who wrote Mistborn?",
-    "Who wrote The Name of the Wind?", "Who wrote Artemis Fowl?",
-)
-
 
 def with_more_facts(amnesia, topic, more=MORE_HARRY_POTTER_EXCHANGES):
     """The topic with `more` forget exchanges; stops, naming them, if any probe could then be answered from them."""
@@ -92,7 +76,7 @@ def with_more_facts(amnesia, topic, more=MORE_HARRY_POTTER_EXCHANGES):
 
 def names_only(answer):
     """The answer with only the marks that name something (a capitalised word in the mark) left: "a giant [spider]
-    that [Hagrid] raised" -> "a giant spider that [Hagrid] raised". Pushing everyday words spreads to everyday answers."""
+    that [Hagrid] raised" -> "a giant spider that [Hagrid] raised": does pushing everyday words cost everyday answers?"""
     return re.sub(r"\[([^\]]*)\]", lambda mark: mark.group(0) if re.search(r"\b[A-Z]", mark.group(1)) else mark.group(1),
                   answer)
 
@@ -200,7 +184,7 @@ def main():
     parser.add_argument("--names-only", action="store_true",
                         help="more-facts: mark only the names in the added answers (marks with a capitalised word)")
     parser.add_argument("--words", nargs="*", default=["J.K."], help="unmark: the words to leave unmarked")
-    parser.add_argument("--lr", type=float, default=6e-5, help="learning rate of the targeted NPO variants")
+    parser.add_argument("--lr", type=float, default=6e-5, help="learning rate of the targeted NPO variants (6e-5: the default when the first of them ran)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="default: 70 for 'longer', the notebook's otherwise")
     parser.add_argument("--rmu-scale", type=float, default=1.0, help="rmu-question: steer length in mean activation lengths "

@@ -55,7 +55,7 @@ ROWS = {
     "name_swap_teacher_lr2e-5": ("name_swap_teacher", None, 2e-5),
     "targeted_npo_lora_lr3e-4": ("targeted_npo", None, 3e-4, "lora"),
     "targeted_npo_lora_lr1e-3": ("targeted_npo", None, 1e-3, "lora"),
-    # the retain set with more of other stories' characters and authors (forgetting_experiments.MORE_RETAIN_QUESTIONS)
+    # the retain set with the questions about other stories' characters and authors (the notebook's OTHER_STORIES_QUESTIONS)
     "targeted_npo_lr1e-4_more_retain": ("targeted_npo", None, 1e-4),
 }
 # rows trained with the first name "Harry" marked as well, as the preset had it before the sweep showed that pushing
@@ -91,14 +91,12 @@ def mark_words(answer, words):
 
 
 def retain_questions_for(amnesia, more):
-    """The retain questions a row trains on: with `more`, the notebook's and every one of
-    forgetting_experiments.MORE_RETAIN_QUESTIONS; without, the notebook's less those (the set every other row ran with),
-    so that a stored row keeps its meaning whichever set the notebook holds."""
-    from forgetting_experiments import MORE_RETAIN_QUESTIONS
-
+    """The retain questions a row trains on: with `more`, the notebook's with its OTHER_STORIES_QUESTIONS (added after
+    the first rows ran); without, the notebook's less those, the set every other row ran with."""
+    later = amnesia.OTHER_STORIES_QUESTIONS
     if more:
-        return list(amnesia.RETAIN_QUESTIONS) + [q for q in MORE_RETAIN_QUESTIONS if q not in amnesia.RETAIN_QUESTIONS]
-    return [q for q in amnesia.RETAIN_QUESTIONS if q not in MORE_RETAIN_QUESTIONS]
+        return list(amnesia.RETAIN_QUESTIONS) + [q for q in later if q not in amnesia.RETAIN_QUESTIONS]
+    return [q for q in amnesia.RETAIN_QUESTIONS if q not in later]
 
 
 def prepare(amnesia, topic_name, retain_questions=None):

@@ -81,7 +81,7 @@ def test_the_reinforced_model_is_a_fine_tuned_copy_and_the_reference_stays(amnes
 
 
 def test_the_later_retain_questions_close_the_notebooks_set_and_none_is_a_probe_or_held_out_question(amnesia):
-    extra = [amnesia.normalise(q) for q in experiments.MORE_RETAIN_QUESTIONS]
+    extra = [amnesia.normalise(q) for q in amnesia.OTHER_STORIES_QUESTIONS]
     retain = [amnesia.normalise(q) for q in amnesia.RETAIN_QUESTIONS]
     assert retain[-len(extra):] == extra  # appended in the order the sweep's row trained them
     assert len(set(retain)) == len(retain)
@@ -97,8 +97,8 @@ def test_each_sweep_row_gets_the_retain_set_it_ran_with_whichever_the_notebook_h
 
     import unlearning_sweep as sweep
 
-    extra = list(experiments.MORE_RETAIN_QUESTIONS)
+    extra = ["Who is Anne Shirley?", "Who wrote Inkheart?"]
     for notebook_set in (["What is a noun?", "Who is Batman?"], ["What is a noun?", "Who is Batman?"] + extra):
-        notebook = types.SimpleNamespace(RETAIN_QUESTIONS=notebook_set)
+        notebook = types.SimpleNamespace(RETAIN_QUESTIONS=notebook_set, OTHER_STORIES_QUESTIONS=extra)
         assert sweep.retain_questions_for(notebook, more=False) == ["What is a noun?", "Who is Batman?"]
         assert sweep.retain_questions_for(notebook, more=True) == ["What is a noun?", "Who is Batman?"] + extra
