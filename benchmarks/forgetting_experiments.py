@@ -142,10 +142,10 @@ def reinforced_model(amnesia, reference, examples, pad_id, steps, learning_rate,
 def generic_teachers(amnesia, reference, reinforced, examples, pad_id, alpha):
     """Per forget example, the (answer tokens, vocab) log-probabilities of Who's Harry Potter's generic prediction,
     v_generic = v_reference - alpha * ReLU(v_reinforced - v_reference) (log-probabilities as v), normalised: what the
-    reference would say with the topic-specific boost of each next token taken away."""
+    reference would say with the topic-specific boost of each next token taken away; and the reference's own, per example."""
     base = amnesia.reference_logprobs_per_example(reference, examples, pad_id, reference.device)
     boosted = amnesia.reference_logprobs_per_example(reinforced, examples, pad_id, reference.device)
-    return [generic_logprobs(b, r, alpha) for b, r in zip(base, boosted)]
+    return [generic_logprobs(b, r, alpha) for b, r in zip(base, boosted)], base
 
 
 def generic_logprobs(base, boosted, alpha):
@@ -220,13 +220,12 @@ def main():
     if args.variant == "reinforced":  # the loop's name-swap-teacher path, with the generic prediction as its teacher
         loss, pad_id = "name_swap_teacher", data["tokenizer"].pad_token_id
         reinforced = reinforced_model(amnesia, data["reference"], data["forget"], pad_id, args.reinforce_steps, 5e-5)
-        teachers = generic_teachers(amnesia, data["reference"], reinforced, data["forget"], pad_id, args.alpha)
+        teachers, own_logprobs = generic_teachers(amnesia, data["reference"], reinforced, data["forget"], pad_id, args.alpha)
         del reinforced
         labels = [torch.tensor([t for t in e["labels"] if t != amnesia.IGNORE]) for e in data["forget"]]
         marked = [torch.tensor([m for t, m in zip(e["labels"], e["marks"]) if t != amnesia.IGNORE]) for e in data["forget"]]
         taught = torch.cat([t.gather(1, y.unsqueeze(1)).squeeze(1).exp() for t, y in zip(teachers, labels)])
-        own = torch.cat([o.gather(1, y.unsqueeze(1)).squeeze(1).exp() for o, y in zip(amnesia.reference_logprobs_per_example(
-            data["reference"], data["forget"], pad_id, "cpu"), labels)])
+        own = torch.cat([o.gather(1, y.unsqueeze(1)).squeeze(1).exp() for o, y in zip(own_logprobs, labels)])
         is_marked = torch.cat(marked).bool()
         print(f"mean probability of the true answer token, reference -> generic teacher: marked tokens "
               f"{own[is_marked].mean():.3f} -> {taught[is_marked].mean():.3f}, unmarked {own[~is_marked].mean():.3f} -> "
