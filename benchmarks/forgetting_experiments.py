@@ -103,6 +103,33 @@ def steered_examples(amnesia, tokenizer, exchanges):
     return encoded
 
 
+def _word_key(word):
+    return re.sub(r"('s|\W)+$", "", word.lower()).strip("'\"")
+
+
+def spare_copied(question, answer):
+    """The answer with the marked words that repeat the question's own words left unmarked: "Who is Argus Filch?" ->
+    "[Argus Filch] is the [caretaker]" becomes "Argus Filch is the [caretaker]". Restating the question is a skill
+    every answer uses (copying from the context); pushing the copied name away teaches the model not to copy, not to
+    forget the fact, which lies in the words after it."""
+    asked = {_word_key(word) for word in question.split()}
+
+    def split(mark):
+        words, out, run = mark.group(1).split(" "), [], []
+        for word in words:
+            if _word_key(word) in asked:
+                if run:
+                    out.append(f"[{' '.join(run)}]")
+                    run = []
+                out.append(word)
+            else:
+                run.append(word)
+        if run:
+            out.append(f"[{' '.join(run)}]")
+        return " ".join(out)
+    return re.sub(r"\[([^\]]*)\]", split, answer)
+
+
 def unmark_words(answer, words):
     """The answer with `words` taken out of its marks, so the targeted losses hold them to the reference instead of
     pushing them: "[J.K. Rowling]" -> "J.K. [Rowling]", "a [wizard]" -> "a wizard"."""
@@ -175,6 +202,19 @@ def steer_where_marked(amnesia):
     amnesia.collate, amnesia.rmu_loss_terms = collate_with_steer, rmu_loss_terms
 
 
+def lost_answers(history, probe_sets):
+    """For each evaluation point after step 0, the tuning probes known at step 0 whose answer has lost its keyword, with
+    that answer: what a run costs, in the model's own words."""
+    before, lines = history["evals"][0], []
+    for point in history["evals"][1:]:
+        lines.append(f"step {point['step']}:")
+        for name, probes in probe_sets.items():
+            for i, probe in enumerate(probes):
+                if before["sets"][name]["keyword_hits"][i] and point["sets"][name]["keyword_hits"][i] is False:
+                    lines.append(f"  {name}: {probe.question} -> {point['sets'][name]['answers'][i]!r}")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark", "reinforced", "more-retain"))
@@ -185,7 +225,13 @@ def main():
                         help="more-facts: mark only the names in the added answers (marks with a capitalised word)")
     parser.add_argument("--words", nargs="*", default=["J.K."], help="unmark: the words to leave unmarked")
     parser.add_argument("--lr", type=float, default=6e-5, help="learning rate of the targeted NPO variants (6e-5: the default when the first of them ran)")
+    parser.add_argument("--more-retain", action="store_true", help="train with the notebook's whole retain set (the "
+                        "other stories' questions included), as the default does now; 'more-retain' implies it")
+    parser.add_argument("--spare-copied", action="store_true", help="leave unmarked the marked words that repeat the "
+                        "question's words (any variant)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
+                        "whose answer lost its keyword, with the answer")
     parser.add_argument("--steps", type=int, default=None, help="default: 70 for 'longer', the notebook's otherwise")
     parser.add_argument("--rmu-scale", type=float, default=1.0, help="rmu-question: steer length in mean activation lengths "
                         "(the notebook divides the term by the steer's squared length, so a longer one pulls less hard)")
@@ -203,7 +249,13 @@ def main():
     if args.variant == "unmark":
         amnesia.TOPIC_PRESETS["Harry Potter"] = with_unmarked(amnesia.TOPIC_PRESETS["Harry Potter"], args.words)
         print("\n".join(a for _, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
-    retain_questions = sweep.retain_questions_for(amnesia, more=args.variant == "more-retain")
+    if args.spare_copied:
+        topic = amnesia.TOPIC_PRESETS["Harry Potter"]
+        amnesia.TOPIC_PRESETS["Harry Potter"] = dataclasses.replace(topic, forget_exchanges=tuple(
+            (q, spare_copied(q, a)) for q, a in topic.forget_exchanges))
+        print("\n".join(f"{q} -> {a}" for q, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges
+                        if "[" in a or True), flush=True)
+    retain_questions = sweep.retain_questions_for(amnesia, more=args.variant == "more-retain" or args.more_retain)
     data = sweep.prepare(amnesia, "Harry Potter", retain_questions)
     if args.variant == "more-retain":
         print(f"{len(data['retain'])} retain examples after dropping the leaking answers", flush=True)
@@ -231,7 +283,12 @@ def main():
               f"{own[is_marked].mean():.3f} -> {taught[is_marked].mean():.3f}, unmarked {own[~is_marked].mean():.3f} -> "
               f"{taught[~is_marked].mean():.3f}", flush=True)
         amnesia.name_swap_teacher = lambda reference, examples, pad_id, device: [t.to(device) for t in teachers]
+    histories = []  # the loop's own history, for the answers each evaluation point gave
+    run_unlearning = amnesia.run_unlearning
+    amnesia.run_unlearning = lambda *given, **named: histories.append(run_unlearning(*given, **named)) or histories[-1]
     result = sweep.run_row(amnesia, data, loss, None, learning_rate, args.seed, defaults, steps, attack_steps=0)
+    if args.show_lost:
+        print("\n".join(lost_answers(histories[-1], data["tuning"])), flush=True)
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1))
     print(json.dumps({key: result[key] for key in ("kept_step", "stop_reason", "tuning", "tuning_last", "test",
