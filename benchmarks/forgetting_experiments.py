@@ -202,6 +202,36 @@ def steer_where_marked(amnesia):
     amnesia.collate, amnesia.rmu_loss_terms = collate_with_steer, rmu_loss_terms
 
 
+def exchange_conflicts(amnesia, model, tokenizer, exchanges, questions):
+    """For each forget exchange, the cosine between the gradient that raises its marked tokens' log-probability and the
+    one that raises the model's own greedy answers to `questions`, at the current weights. Positive: pushing the marked
+    tokens down pushes those answers down too (first order). Sorted, most conflicting first."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def gradient(examples, marked_only):
+        model.zero_grad()
+        batch = amnesia.collate(examples, tokenizer.pad_token_id, "cpu")
+        logits, labels = amnesia.labelled_logits(model, batch)
+        scored = labels != amnesia.IGNORE
+        if marked_only:
+            scored &= batch["marks"][:, batch["labels"].shape[1] - labels.shape[1]:].bool()
+        logprobs = torch.log_softmax(logits.float(), -1).gather(2, labels.clamp(min=0).unsqueeze(2)).squeeze(2)
+        (logprobs * scored).sum().backward()
+        return torch.cat([p.grad.flatten() for p in params])
+
+    answers = amnesia.generate_answers(model, tokenizer, list(questions))
+    keep = gradient([amnesia.encode_chat_example(tokenizer, q, a) for q, a in zip(questions, answers)], False)
+    keep = keep / keep.norm()
+    rows = []
+    for question, marked in exchanges:
+        example = amnesia.encode_chat_example(tokenizer, question, *amnesia.parse_marks(marked))
+        if any(example["marks"]):
+            push = gradient([example], True)
+            rows.append((float(push @ keep / push.norm()), question, marked))
+    model.zero_grad(set_to_none=True)
+    return sorted(rows, reverse=True)
+
+
 def lost_answers(history, probe_sets):
     """For each evaluation point after step 0, the tuning probes known at step 0 whose answer has lost its keyword, with
     that answer: what a run costs, in the model's own words."""
@@ -229,6 +259,8 @@ def main():
                         "other stories' questions included), as the default does now; 'more-retain' implies it")
     parser.add_argument("--spare-copied", action="store_true", help="leave unmarked the marked words that repeat the "
                         "question's words (any variant)")
+    parser.add_argument("--drop-conflicting", type=int, default=0, help="more-facts: leave out the N added exchanges "
+                        "whose pushed tokens' gradient is most aligned with the tuning half's everyday answers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
@@ -242,6 +274,15 @@ def main():
     steps = args.steps or (70 if args.variant == "longer" else int(defaults["MAX_STEPS"]))
     if args.variant == "more-facts":
         more = tuple((q, names_only(a)) for q, a in MORE_HARRY_POTTER_EXCHANGES) if args.names_only else MORE_HARRY_POTTER_EXCHANGES
+        if args.drop_conflicting:  # read on the tuning half only: its everyday questions
+            source, _ = amnesia.resolve_model_source("bundled", has_gpu=False)
+            model, tokenizer = amnesia.load_model_and_tokenizer(source, "cpu")
+            everyday = [p.question for p in amnesia.probe_sets_for(amnesia.TOPIC_PRESETS["Harry Potter"], "tuning")["general"]]
+            conflicts = exchange_conflicts(amnesia, model.requires_grad_(True), tokenizer, more, everyday)
+            del model
+            print("\n".join(f"{cosine:+.3f} {marked}" for cosine, _, marked in conflicts), flush=True)
+            dropped = {question for _, question, _ in conflicts[:args.drop_conflicting]}
+            more = tuple((q, a) for q, a in more if q not in dropped)
         amnesia.TOPIC_PRESETS["Harry Potter"] = with_more_facts(amnesia, amnesia.TOPIC_PRESETS["Harry Potter"], more)
         if args.names_only:
             print("\n".join(a for _, a in more), flush=True)

@@ -102,3 +102,22 @@ def test_each_sweep_row_gets_the_retain_set_it_ran_with_whichever_the_notebook_h
         notebook = types.SimpleNamespace(RETAIN_QUESTIONS=notebook_set, OTHER_STORIES_QUESTIONS=extra)
         assert sweep.retain_questions_for(notebook, more=False) == ["What is a noun?", "Who is Batman?"]
         assert sweep.retain_questions_for(notebook, more=True) == ["What is a noun?", "Who is Batman?"] + extra
+
+
+def test_spare_copied_unmarks_only_the_words_the_question_already_says():
+    assert experiments.spare_copied("Who is Argus Filch?", "[Argus Filch] is the [caretaker] of [Hogwarts].") == \
+        "Argus Filch is the [caretaker] of [Hogwarts]."
+    assert experiments.spare_copied("Who is Alastor Moody?", "[Mad-Eye Moody] is an [Auror].") == "[Mad-Eye] Moody is an [Auror]."
+    assert experiments.spare_copied("What is Dumbledore's Army?", "[Dumbledore's Army] fights.") == "Dumbledore's Army fights."
+    assert experiments.spare_copied("Who guards it?", "[Dementors] guard [Azkaban].") == "[Dementors] guard [Azkaban]."
+
+
+def test_exchange_conflicts_rank_an_exchange_that_pushes_the_kept_answer_itself_first(amnesia, bundled, fresh_model):
+    _, tokenizer = bundled
+    question = "What is the capital of France?"
+    own = amnesia.generate_answers(fresh_model, tokenizer, [question])[0]
+    exchanges = [("Who is Dobby?", "[Dobby] is a [house-elf]."), (question, f"[{own}]")]
+    rows = experiments.exchange_conflicts(amnesia, fresh_model.requires_grad_(True), tokenizer, exchanges, [question])
+    assert [row[1] for row in rows] == [question, "Who is Dobby?"]  # most conflicting first
+    assert rows[0][0] > 0.9 and rows[1][0] < 0.5  # pushing the answer down is pushing the kept answer down
+    assert all(p.grad is None for p in fresh_model.parameters())  # no gradient left behind
