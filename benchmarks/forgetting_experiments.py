@@ -10,6 +10,9 @@ test figures.
     python benchmarks/forgetting_experiments.py unmark --words J.K. --seed 0  # leave words the neighbours share unmarked
     python benchmarks/forgetting_experiments.py reinforced --seed 0    # Who's Harry Potter's generic targets
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --seed 0  # with the retain questions about other stories
+    # the larger forget set under the current default, printing what each point broke, without the 8 added exchanges
+    # whose pushed tokens pull hardest against the everyday answers:
+    python benchmarks/forgetting_experiments.py more-facts --names-only --more-retain --lr 1e-4 --show-lost --drop-conflicting 8
 """
 import argparse
 import copy
@@ -294,8 +297,7 @@ def main():
         topic = amnesia.TOPIC_PRESETS["Harry Potter"]
         amnesia.TOPIC_PRESETS["Harry Potter"] = dataclasses.replace(topic, forget_exchanges=tuple(
             (q, spare_copied(q, a)) for q, a in topic.forget_exchanges))
-        print("\n".join(f"{q} -> {a}" for q, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges
-                        if "[" in a or True), flush=True)
+        print("\n".join(f"{q} -> {a}" for q, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
     retain_questions = sweep.retain_questions_for(amnesia, more=args.variant == "more-retain" or args.more_retain)
     data = sweep.prepare(amnesia, "Harry Potter", retain_questions)
     if args.variant == "more-retain":
