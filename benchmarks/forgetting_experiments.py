@@ -68,6 +68,18 @@ MORE_HARRY_POTTER_EXCHANGES = (
 )
 
 
+# Everyday questions about countries whose language is not English, asked and answered in English: the first damage a
+# forget run does on this model is answering such a question in the country's language ("What is the capital of
+# France?" -> "L'Étoile de France, la capital de la France..."). None is a probe; the leak check drops any answer that
+# names a probe's keyword.
+COUNTRY_QUESTIONS = (
+    "What is the capital of Hungary?", "What is the capital of Italy?", "What is the capital of Argentina?",
+    "What is the capital of Belgium?", "What is the capital of Poland?", "What is the capital of Ukraine?",
+    "What is the capital of Chile?", "What is the capital of Peru?", "What is the capital of Switzerland?",
+    "What is the capital of Austria?", "What is the capital of Sweden?", "What is the capital of Turkey?",
+)
+
+
 def with_more_facts(amnesia, topic, more=MORE_HARRY_POTTER_EXCHANGES):
     """The topic with `more` forget exchanges; stops, naming them, if any probe could then be answered from them."""
     topic = dataclasses.replace(topic, forget_exchanges=topic.forget_exchanges + tuple(more))
@@ -264,6 +276,7 @@ def main():
                         "question's words (any variant)")
     parser.add_argument("--drop-conflicting", type=int, default=0, help="more-facts: leave out the N added exchanges "
                         "whose pushed tokens' gradient is most aligned with the tuning half's everyday answers")
+    parser.add_argument("--country-retain", action="store_true", help="add COUNTRY_QUESTIONS to the retain questions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
@@ -299,6 +312,8 @@ def main():
             (q, spare_copied(q, a)) for q, a in topic.forget_exchanges))
         print("\n".join(f"{q} -> {a}" for q, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
     retain_questions = sweep.retain_questions_for(amnesia, more=args.variant == "more-retain" or args.more_retain)
+    if args.country_retain:
+        retain_questions = list(retain_questions) + list(COUNTRY_QUESTIONS)
     data = sweep.prepare(amnesia, "Harry Potter", retain_questions)
     if args.variant == "more-retain":
         print(f"{len(data['retain'])} retain examples after dropping the leaking answers", flush=True)

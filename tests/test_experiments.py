@@ -121,3 +121,14 @@ def test_exchange_conflicts_rank_an_exchange_that_pushes_the_kept_answer_itself_
     assert [row[1] for row in rows] == [question, "Who is Dobby?"]  # most conflicting first
     assert rows[0][0] > 0.9 and rows[1][0] < 0.5  # pushing the answer down is pushing the kept answer down
     assert all(p.grad is None for p in fresh_model.parameters())  # no gradient left behind
+
+
+def test_the_country_questions_are_no_probe_and_name_no_probe_keyword(amnesia):
+    taken = {amnesia.normalise(p.question) for topic in amnesia.TOPIC_PRESETS.values()
+             for probes in amnesia.probe_sets_for(topic).values() for p in probes}
+    taken |= {amnesia.normalise(q) for q in amnesia.RETAIN_QUESTIONS} | {amnesia.normalise(q) for q, _ in amnesia.HELDOUT_CHATS}
+    assert not taken & {amnesia.normalise(q) for q in experiments.COUNTRY_QUESTIONS}
+    keywords = [k for topic in amnesia.TOPIC_PRESETS.values() for probes in amnesia.probe_sets_for(topic).values()
+                for p in probes for k in p.keywords]
+    named = [(q, k) for q in experiments.COUNTRY_QUESTIONS for k in keywords if amnesia.topic_keywords_in(q, [k])]
+    assert not named, named
