@@ -13,6 +13,8 @@ test figures.
     # the larger forget set under the current default, printing what each point broke, without the 8 added exchanges
     # whose pushed tokens pull hardest against the everyday answers:
     python benchmarks/forgetting_experiments.py more-facts --names-only --more-retain --lr 1e-4 --show-lost --drop-conflicting 8
+    # the default, with retain questions about the capitals of non-English-speaking countries added:
+    python benchmarks/forgetting_experiments.py more-retain --country-retain --lr 1e-4 --show-lost
 """
 import argparse
 import copy
