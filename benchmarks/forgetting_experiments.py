@@ -15,6 +15,8 @@ test figures.
     python benchmarks/forgetting_experiments.py more-facts --names-only --more-retain --lr 1e-4 --show-lost --drop-conflicting 8
     # the default, with retain questions about the capitals of non-English-speaking countries added:
     python benchmarks/forgetting_experiments.py more-retain --country-retain --lr 1e-4 --show-lost
+    # the default, with the part of each push that conflicts with the retain answers' gradient removed:
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --project --show-lost
 """
 import argparse
 import copy
@@ -249,6 +251,51 @@ def exchange_conflicts(amnesia, model, tokenizer, exchanges, questions):
     return sorted(rows, reverse=True)
 
 
+def projected_training_step(amnesia, cosines):
+    """A float32 training step that removes from the forget term's gradient its component against the retain batch's
+    own answers (gradient rectification, as PCGrad and GRU do): where pushing the marked tokens down would, to first
+    order, make the retain answers less likely, that part of the push is dropped. The KL terms are added unchanged.
+    Each step's cosine between the two gradients, before projection, is appended to `cosines`."""
+    F = amnesia.F
+
+    def training_step(model, optimizer, forget_batch, forget_reference, retain_batch, retain_reference_logprobs,
+                      settings, autocast, scaler):
+        if scaler is not None:
+            raise ValueError("the projected step is written for float32 only")
+        optimizer.zero_grad(set_to_none=True)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        forget_term, keep_kl, pushed_nll = amnesia.forget_loss_terms(model, forget_batch, forget_reference, settings)
+        logits, labels = amnesia.labelled_logits(model, retain_batch)
+        answer = labels != amnesia.IGNORE
+        retain_logprobs = F.log_softmax(logits[answer].float(), dim=-1)
+        retain_kl = amnesia.kl_to_reference(retain_logprobs, retain_reference_logprobs)
+        retain_nll = -retain_logprobs.gather(1, labels[answer].unsqueeze(1)).mean()
+        loss = forget_term + settings.retain_weight * (retain_kl + keep_kl)
+        if not torch.isfinite(loss):
+            raise amnesia.NonFiniteLoss(f"the loss became {loss.item()}")
+        push = torch.autograd.grad(forget_term, params, retain_graph=True, allow_unused=True)
+        keep = torch.autograd.grad(retain_nll, params, retain_graph=True, allow_unused=True)
+        (settings.retain_weight * (retain_kl + keep_kl)).backward()
+        push = [torch.zeros_like(p) if g is None else g for p, g in zip(params, push)]
+        keep = [torch.zeros_like(p) if g is None else g for p, g in zip(params, keep)]
+        dot = sum((a * b).sum() for a, b in zip(push, keep))
+        keep_sq = sum((b * b).sum() for b in keep)
+        push_sq = sum((a * a).sum() for a in push)
+        cosines.append(float(dot / (keep_sq.sqrt() * push_sq.sqrt() + 1e-30)))
+        scale = float(dot / keep_sq) if dot < 0 else 0.0  # only the conflicting component goes
+        for p, a, b in zip(params, push, keep):
+            update = a - scale * b
+            p.grad = update if p.grad is None else p.grad + update
+        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            raise amnesia.NonFiniteLoss("the gradients became infinite or NaN")
+        optimizer.step()
+        return {"forget_loss": pushed_nll.item(), "kl": retain_kl.item(), "keep_kl": keep_kl.item(),
+                "loss": loss.item(), "skipped": False}
+
+    return training_step
+
+
 def lost_answers(history, probe_sets):
     """For each evaluation point after step 0, the tuning probes known at step 0 whose answer has lost its keyword, with
     that answer: what a run costs, in the model's own words."""
@@ -279,6 +326,8 @@ def main():
     parser.add_argument("--drop-conflicting", type=int, default=0, help="more-facts: leave out the N added exchanges "
                         "whose pushed tokens' gradient is most aligned with the tuning half's everyday answers")
     parser.add_argument("--country-retain", action="store_true", help="add COUNTRY_QUESTIONS to the retain questions")
+    parser.add_argument("--project", action="store_true", help="drop the part of the forget gradient that conflicts "
+                        "with the retain batch's own answers (any targeted variant)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
@@ -343,10 +392,16 @@ def main():
               f"{own[is_marked].mean():.3f} -> {taught[is_marked].mean():.3f}, unmarked {own[~is_marked].mean():.3f} -> "
               f"{taught[~is_marked].mean():.3f}", flush=True)
         amnesia.name_swap_teacher = lambda reference, examples, pad_id, device: [t.to(device) for t in teachers]
+    cosines = []
+    if args.project:
+        amnesia.training_step = projected_training_step(amnesia, cosines)
     histories = []  # the loop's own history, for the answers each evaluation point gave
     run_unlearning = amnesia.run_unlearning
     amnesia.run_unlearning = lambda *given, **named: histories.append(run_unlearning(*given, **named)) or histories[-1]
     result = sweep.run_row(amnesia, data, loss, None, learning_rate, args.seed, defaults, steps, attack_steps=0)
+    if cosines:
+        print("cosine of the forget and retain-answer gradients, per step:", " ".join(f"{c:+.2f}" for c in cosines),
+              flush=True)
     if args.show_lost:
         print("\n".join(lost_answers(histories[-1], data["tuning"])), flush=True)
     if args.output:

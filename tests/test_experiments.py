@@ -132,3 +132,34 @@ def test_the_country_questions_are_no_probe_and_name_no_probe_keyword(amnesia):
                 for p in probes for k in p.keywords]
     named = [(q, k) for q in experiments.COUNTRY_QUESTIONS for k in keywords if amnesia.topic_keywords_in(q, [k])]
     assert not named, named
+
+
+def test_the_projected_step_drops_the_push_against_the_kept_answers_and_records_the_conflict(amnesia, bundled, fresh_model):
+    reference, tokenizer = bundled
+    question = "What is the capital of France?"
+    own = amnesia.generate_answers(reference, tokenizer, [question])[0]
+    assert "Paris" in own
+    forget = [amnesia.encode_chat_example(tokenizer, question, *amnesia.parse_marks(own.replace("Paris", "[Paris]", 1)))]
+    retain = [amnesia.encode_chat_example(tokenizer, question, own)]
+    fresh_model.requires_grad_(False)
+    params = list(amnesia.decoder_layers(fresh_model)[15].mlp.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    before = [p.detach().clone() for p in params]
+    pad_id = tokenizer.pad_token_id
+    settings = amnesia.LoopSettings(learning_rate=1.0, retain_weight=0.0, max_steps=1, eval_every=1, max_grad_norm=1e9)
+    cosines = []
+    step = experiments.projected_training_step(amnesia, cosines)
+    step(fresh_model, torch.optim.SGD(params, lr=1.0), amnesia.collate(forget, pad_id, "cpu"),
+         torch.cat(amnesia.reference_logprobs_per_example(reference, forget, pad_id, "cpu")),
+         amnesia.collate(retain, pad_id, "cpu"),
+         torch.cat(amnesia.reference_logprobs_per_example(reference, retain, pad_id, "cpu")), settings, None, None)
+    update = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, params)])  # SGD at lr 1: the gradient used
+    for p, b in zip(params, before):  # the NLL gradient of the kept answer, at the weights the step started from
+        p.data.copy_(b)
+    fresh_model.zero_grad(set_to_none=True)
+    amnesia.answer_nll(fresh_model, amnesia.collate(retain, pad_id, "cpu")).backward()
+    keep = torch.cat([p.grad.flatten() for p in params])
+    assert cosines[0] < -0.1  # pushing "Paris" down is raising the NLL of the answer that holds it: a conflict
+    assert update.norm() > 0  # something of the push is left ...
+    assert abs(float(update @ keep)) < 1e-3 * float(update.norm() * keep.norm())  # ... none of it against the answer
