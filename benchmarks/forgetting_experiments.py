@@ -17,6 +17,10 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --country-retain --lr 1e-4 --show-lost
     # the default, with the part of each push that conflicts with the retain answers' gradient removed:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --project --show-lost
+    # the default with the token embeddings (tied to the output layer) frozen:
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --freeze-embeddings --show-lost
+    # the default with twice as many retain examples a step:
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --retain-batch 8 --show-lost
 """
 import argparse
 import copy
@@ -296,6 +300,17 @@ def projected_training_step(amnesia, cosines):
     return training_step
 
 
+def without_embeddings(select_trainable):
+    """`select_trainable` that also freezes the token embeddings (tied to the output layer on the bundled model)."""
+    def select(model, trainable, *rest, **named):
+        selected = select_trainable(model, trainable, *rest, **named)
+        frozen = model.get_input_embeddings().weight
+        frozen.requires_grad_(False)
+        return [p for p in selected if p is not frozen]
+
+    return select
+
+
 def lost_answers(history, probe_sets):
     """For each evaluation point after step 0, the tuning probes known at step 0 whose answer has lost its keyword, with
     that answer: what a run costs, in the model's own words."""
@@ -328,6 +343,10 @@ def main():
     parser.add_argument("--country-retain", action="store_true", help="add COUNTRY_QUESTIONS to the retain questions")
     parser.add_argument("--project", action="store_true", help="drop the part of the forget gradient that conflicts "
                         "with the retain batch's own answers (any targeted variant)")
+    parser.add_argument("--freeze-embeddings", action="store_true", help="train every weight but the token embeddings "
+                        "(and so, tied, the output layer)")
+    parser.add_argument("--retain-batch", type=int, default=None, help="retain examples per step (the loop's "
+                        "default: 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
@@ -392,6 +411,11 @@ def main():
               f"{own[is_marked].mean():.3f} -> {taught[is_marked].mean():.3f}, unmarked {own[~is_marked].mean():.3f} -> "
               f"{taught[~is_marked].mean():.3f}", flush=True)
         amnesia.name_swap_teacher = lambda reference, examples, pad_id, device: [t.to(device) for t in teachers]
+    if args.retain_batch:
+        loop_settings = amnesia.LoopSettings
+        amnesia.LoopSettings = lambda **values: loop_settings(**values, retain_batch_size=args.retain_batch)
+    if args.freeze_embeddings:
+        amnesia.select_trainable = without_embeddings(amnesia.select_trainable)
     cosines = []
     if args.project:
         amnesia.training_step = projected_training_step(amnesia, cosines)

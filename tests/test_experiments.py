@@ -163,3 +163,12 @@ def test_the_projected_step_drops_the_push_against_the_kept_answers_and_records_
     assert cosines[0] < -0.1  # pushing "Paris" down is raising the NLL of the answer that holds it: a conflict
     assert update.norm() > 0  # something of the push is left ...
     assert abs(float(update @ keep)) < 1e-3 * float(update.norm() * keep.norm())  # ... none of it against the answer
+
+
+def test_without_embeddings_freezes_the_tied_embeddings_and_nothing_else(amnesia, fresh_model):
+    selected = experiments.without_embeddings(amnesia.select_trainable)(fresh_model, "all")
+    embeddings = fresh_model.get_input_embeddings().weight
+    assert embeddings is fresh_model.get_output_embeddings().weight  # tied: the output layer is frozen with them
+    assert not embeddings.requires_grad and all(p is not embeddings for p in selected)
+    others = [p for p in fresh_model.parameters() if p is not embeddings]
+    assert len(selected) == len(others) and all(p.requires_grad for p in others)
