@@ -15,6 +15,8 @@ test figures.
     python benchmarks/forgetting_experiments.py more-facts --names-only --more-retain --lr 1e-4 --show-lost --drop-conflicting 8
     # the default, with retain questions about the capitals of non-English-speaking countries added:
     python benchmarks/forgetting_experiments.py more-retain --country-retain --lr 1e-4 --show-lost
+    # ... with those questions first, so that the loop trains on them from its first steps:
+    python benchmarks/forgetting_experiments.py more-retain --country-retain --country-first --lr 1e-4 --show-lost
     # the default, with the part of each push that conflicts with the retain answers' gradient removed:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --project --show-lost
     # the default with the token embeddings (tied to the output layer) frozen:
@@ -341,6 +343,8 @@ def main():
     parser.add_argument("--drop-conflicting", type=int, default=0, help="more-facts: leave out the N added exchanges "
                         "whose pushed tokens' gradient is most aligned with the tuning half's everyday answers")
     parser.add_argument("--country-retain", action="store_true", help="add COUNTRY_QUESTIONS to the retain questions")
+    parser.add_argument("--country-first", action="store_true", help="with --country-retain: put them before the other "
+                        "retain questions, so the loop trains on them from its first steps")
     parser.add_argument("--project", action="store_true", help="drop the part of the forget gradient that conflicts "
                         "with the retain batch's own answers (any targeted variant)")
     parser.add_argument("--freeze-embeddings", action="store_true", help="train every weight but the token embeddings "
@@ -383,7 +387,8 @@ def main():
         print("\n".join(f"{q} -> {a}" for q, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
     retain_questions = sweep.retain_questions_for(amnesia, more=args.variant == "more-retain" or args.more_retain)
     if args.country_retain:
-        retain_questions = list(retain_questions) + list(COUNTRY_QUESTIONS)
+        retain_questions = (list(COUNTRY_QUESTIONS) + list(retain_questions) if args.country_first
+                            else list(retain_questions) + list(COUNTRY_QUESTIONS))
     data = sweep.prepare(amnesia, "Harry Potter", retain_questions)
     if args.variant == "more-retain":
         print(f"{len(data['retain'])} retain examples after dropping the leaking answers", flush=True)
