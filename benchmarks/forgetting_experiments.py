@@ -21,6 +21,8 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --project --show-lost
     # the default with the token embeddings (tied to the output layer) frozen:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --freeze-embeddings --show-lost
+    # the default, its forget probes split by whether their true answer holds a pushed token:
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --overlap
     # the default with twice as many retain examples a step:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --retain-batch 8 --show-lost
 """
@@ -152,6 +154,33 @@ def spare_copied(question, answer):
         if run:
             out.append(f"[{' '.join(run)}]")
         return " ".join(out)
+    return re.sub(r"\[([^\]]*)\]", split, answer)
+
+
+FUNCTION_WORDS = ("a", "an", "and", "at", "for", "in", "is", "of", "on", "the", "to", "who", "with")
+
+
+def spare_function_words(answer, words=FUNCTION_WORDS):
+    """The answer with the function words, commas and possessive 's inside its marks left unmarked, so that the
+    targeted losses push only the names and content words: "[Potter and the Philosopher's Stone]" -> "[Potter] and the
+    [Philosopher]'s [Stone]", "[the boy who lived]" -> "the [boy] who [lived]"."""
+    spared = {word.lower() for word in words}
+
+    def split(mark):
+        out, inside, pending = "", False, ""
+        for piece in re.findall(r"'s\b|,|\s+|[^\s,]+?(?='s\b)|[^\s,]+", mark.group(1)):
+            if piece.isspace():
+                pending += piece
+                continue
+            pushed = piece.lower() not in spared and piece not in ("'s", ",")
+            if pushed and not inside:
+                out += pending + "["
+            elif inside and not pushed:
+                out += "]" + pending
+            else:
+                out += pending
+            inside, pending, out = pushed, "", out + piece
+        return out + ("]" if inside else "") + pending
     return re.sub(r"\[([^\]]*)\]", split, answer)
 
 
@@ -313,6 +342,33 @@ def without_embeddings(select_trainable):
     return select
 
 
+def marked_token_ids(forget_examples):
+    """Every token id that is pushed somewhere in the encoded forget examples."""
+    return {t for e in forget_examples for t, m in zip(e["input_ids"], e["marks"]) if m}
+
+
+def pushed_share(amnesia, tokenizer, probe, pushed_ids):
+    """The share of the probe's true answer tokens, as the likelihood test scores them, that are pushed tokens."""
+    example = amnesia.encode_chat_example(tokenizer, probe.question, probe.answer)
+    answer = [t for t, label in zip(example["input_ids"], example["labels"]) if label != amnesia.IGNORE]
+    return sum(t in pushed_ids for t in answer) / len(answer)
+
+
+OVERLAP_GROUPS = ("no pushed token", "under half pushed", "half or more pushed")
+
+
+def overlap_counts(before, after, shares):
+    """{group of OVERLAP_GROUPS: [still preferred after, preferred before]} over the forget probes the original
+    preferred by likelihood, grouped by the share of their true answer's tokens that are pushed."""
+    counts = {group: [0, 0] for group in OVERLAP_GROUPS}
+    for known, kept, share in zip(before["likelihood_hits"], after["likelihood_hits"], shares):
+        if known:
+            group = OVERLAP_GROUPS[0 if share == 0 else 1 if share < 0.5 else 2]
+            counts[group][0] += bool(kept)
+            counts[group][1] += 1
+    return counts
+
+
 def lost_answers(history, probe_sets):
     """For each evaluation point after step 0, the tuning probes known at step 0 whose answer has lost its keyword, with
     that answer: what a run costs, in the model's own words."""
@@ -351,6 +407,10 @@ def main():
                         "(and so, tied, the output layer)")
     parser.add_argument("--retain-batch", type=int, default=None, help="retain examples per step (the loop's "
                         "default: 4)")
+    parser.add_argument("--overlap", action="store_true", help="split the forget probes by whether their true answer "
+                        "shares a token with the pushed ones, and count what was forgotten in each part")
+    parser.add_argument("--spare-function-words", action="store_true", help="leave unmarked the function words, "
+                        "commas and possessive 's inside the marks (any variant)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
@@ -385,6 +445,11 @@ def main():
         amnesia.TOPIC_PRESETS["Harry Potter"] = dataclasses.replace(topic, forget_exchanges=tuple(
             (q, spare_copied(q, a)) for q, a in topic.forget_exchanges))
         print("\n".join(f"{q} -> {a}" for q, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
+    if args.spare_function_words:
+        topic = amnesia.TOPIC_PRESETS["Harry Potter"]
+        amnesia.TOPIC_PRESETS["Harry Potter"] = dataclasses.replace(topic, forget_exchanges=tuple(
+            (q, spare_function_words(a)) for q, a in topic.forget_exchanges))
+        print("\n".join(a for _, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
     retain_questions = sweep.retain_questions_for(amnesia, more=args.variant == "more-retain" or args.more_retain)
     if args.country_retain:
         retain_questions = (list(COUNTRY_QUESTIONS) + list(retain_questions) if args.country_first
@@ -424,10 +489,29 @@ def main():
     cosines = []
     if args.project:
         amnesia.training_step = projected_training_step(amnesia, cosines)
+    measured = []  # every measurement the run made; the last is the test half's, on the kept weights
+    measure = amnesia.measure
+    amnesia.measure = lambda *given, **named: measured.append(measure(*given, **named)) or measured[-1]
     histories = []  # the loop's own history, for the answers each evaluation point gave
     run_unlearning = amnesia.run_unlearning
     amnesia.run_unlearning = lambda *given, **named: histories.append(run_unlearning(*given, **named)) or histories[-1]
     result = sweep.run_row(amnesia, data, loss, None, learning_rate, args.seed, defaults, steps, attack_steps=0)
+    if args.overlap:
+        pushed = marked_token_ids(data["forget"])
+        history, tokenizer = histories[-1], data["tokenizer"]
+        kept = next(e for e in history["evals"] if e["step"] == history["kept_step"])
+        for half, before, after in (("tuning", history["evals"][0], kept), ("test", data["test_before"], measured[-1])):
+            probes = data[half]["forget"]
+            shares = [pushed_share(amnesia, tokenizer, p, pushed) for p in probes]
+            counts = overlap_counts(before["sets"]["forget"], after["sets"]["forget"], shares)
+            print(f"{half} half, forget probes the original preferred, still preferred at the kept step, by the share of "
+                  "their true answer's tokens that are pushed: " + ", ".join(f"{group} {k}/{n}" for group, (k, n)
+                                                                              in counts.items()), flush=True)
+            for p, share, known, now in zip(probes, shares, before["sets"]["forget"]["likelihood_hits"],
+                                            after["sets"]["forget"]["likelihood_hits"]):
+                if known:
+                    print(f"  {share:4.2f} {'kept     ' if now else 'forgotten'} {p.kind:10} {p.question} -> {p.answer}",
+                          flush=True)
     if cosines:
         print("cosine of the forget and retain-answer gradients, per step:", " ".join(f"{c:+.2f}" for c in cosines),
               flush=True)

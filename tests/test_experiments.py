@@ -1,4 +1,5 @@
 """The forgetting experiments' data (benchmarks/forgetting_experiments.py): what RMU steers, and the larger forget set."""
+import re
 import sys
 from pathlib import Path
 
@@ -172,3 +173,33 @@ def test_without_embeddings_freezes_the_tied_embeddings_and_nothing_else(amnesia
     assert not embeddings.requires_grad and all(p is not embeddings for p in selected)
     others = [p for p in fresh_model.parameters() if p is not embeddings]
     assert len(selected) == len(others) and all(p.requires_grad for p in others)
+
+
+def test_spare_function_words_pushes_the_names_and_holds_the_words_between_them(amnesia):
+    spare = experiments.spare_function_words
+    assert spare("The series starts with Harry [Potter and the Philosopher's Stone].") == \
+        "The series starts with Harry [Potter] and the [Philosopher]'s [Stone]."
+    assert spare("He is famous as [the boy who lived], with a [lightning]-shaped [scar].") == \
+        "He is famous as the [boy] who [lived], with a [lightning]-shaped [scar]."
+    assert spare("He grew up at [Number Four, Privet Drive].") == "He grew up at [Number Four], [Privet Drive]."
+    assert spare("by [J.K. Rowling].") == "by [J.K. Rowling]."  # nothing to spare: unchanged
+    for _, marked in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges:  # the text itself never changes
+        spared = spare(marked)
+        assert amnesia.parse_marks(spared)[0] == amnesia.parse_marks(marked)[0]
+        pushed_words = [w for mark in re.findall(r"\[([^\]]*)\]", spared) for w in mark.split()]
+        assert not [w for w in pushed_words if w.lower() in experiments.FUNCTION_WORDS or w.endswith((",", "'s"))]
+
+
+def test_pushed_share_counts_the_answer_tokens_that_a_forget_mark_pushes(amnesia, bundled):
+    _, tokenizer = bundled
+    forget = [amnesia.encode_chat_example(tokenizer, "Who is Dobby?", *amnesia.parse_marks("[Dobby] is a [house-elf]."))]
+    pushed = experiments.marked_token_ids(forget)
+    assert pushed and all(t in forget[0]["input_ids"] for t in pushed)
+    probe = lambda answer: amnesia.Probe("Who is he?", ("x",), answer, ("y",), "unseen")
+    assert experiments.pushed_share(amnesia, tokenizer, probe("Dobby"), pushed) == 1.0
+    assert experiments.pushed_share(amnesia, tokenizer, probe("A teacher of music"), pushed) == 0.0
+    assert 0 < experiments.pushed_share(amnesia, tokenizer, probe("Dobby the teacher of music"), pushed) < 0.5
+    before = {"likelihood_hits": [True, True, True, False]}
+    after = {"likelihood_hits": [False, True, True, None]}
+    assert experiments.overlap_counts(before, after, [1.0, 0.0, 0.2, 1.0]) == {
+        "no pushed token": [1, 1], "under half pushed": [1, 1], "half or more pushed": [0, 1]}
