@@ -342,33 +342,6 @@ def without_embeddings(select_trainable):
     return select
 
 
-def marked_token_ids(forget_examples):
-    """Every token id that is pushed somewhere in the encoded forget examples."""
-    return {t for e in forget_examples for t, m in zip(e["input_ids"], e["marks"]) if m}
-
-
-def pushed_share(amnesia, tokenizer, probe, pushed_ids):
-    """The share of the probe's true answer tokens, as the likelihood test scores them, that are pushed tokens."""
-    example = amnesia.encode_chat_example(tokenizer, probe.question, probe.answer)
-    answer = [t for t, label in zip(example["input_ids"], example["labels"]) if label != amnesia.IGNORE]
-    return sum(t in pushed_ids for t in answer) / len(answer)
-
-
-OVERLAP_GROUPS = ("no pushed token", "under half pushed", "half or more pushed")
-
-
-def overlap_counts(before, after, shares):
-    """{group of OVERLAP_GROUPS: [still preferred after, preferred before]} over the forget probes the original
-    preferred by likelihood, grouped by the share of their true answer's tokens that are pushed."""
-    counts = {group: [0, 0] for group in OVERLAP_GROUPS}
-    for known, kept, share in zip(before["likelihood_hits"], after["likelihood_hits"], shares):
-        if known:
-            group = OVERLAP_GROUPS[0 if share == 0 else 1 if share < 0.5 else 2]
-            counts[group][0] += bool(kept)
-            counts[group][1] += 1
-    return counts
-
-
 def lost_answers(history, probe_sets):
     """For each evaluation point after step 0, the tuning probes known at step 0 whose answer has lost its keyword, with
     that answer: what a run costs, in the model's own words."""
@@ -496,22 +469,13 @@ def main():
     run_unlearning = amnesia.run_unlearning
     amnesia.run_unlearning = lambda *given, **named: histories.append(run_unlearning(*given, **named)) or histories[-1]
     result = sweep.run_row(amnesia, data, loss, None, learning_rate, args.seed, defaults, steps, attack_steps=0)
-    if args.overlap:
-        pushed = marked_token_ids(data["forget"])
+    if args.overlap:  # the notebook's verdict prints the test half's line; here the tuning half's too
         history, tokenizer = histories[-1], data["tokenizer"]
         kept = next(e for e in history["evals"] if e["step"] == history["kept_step"])
         for half, before, after in (("tuning", history["evals"][0], kept), ("test", data["test_before"], measured[-1])):
-            probes = data[half]["forget"]
-            shares = [pushed_share(amnesia, tokenizer, p, pushed) for p in probes]
-            counts = overlap_counts(before["sets"]["forget"], after["sets"]["forget"], shares)
-            print(f"{half} half, forget probes the original preferred, still preferred at the kept step, by the share of "
-                  "their true answer's tokens that are pushed: " + ", ".join(f"{group} {k}/{n}" for group, (k, n)
-                                                                              in counts.items()), flush=True)
-            for p, share, known, now in zip(probes, shares, before["sets"]["forget"]["likelihood_hits"],
-                                            after["sets"]["forget"]["likelihood_hits"]):
-                if known:
-                    print(f"  {share:4.2f} {'kept     ' if now else 'forgotten'} {p.kind:10} {p.question} -> {p.answer}",
-                          flush=True)
+            counts = amnesia.marked_share_counts(tokenizer, data["forget"], data[half]["forget"], before, after)
+            print(f"{half} half, forget probes still preferred at the kept step, by how much of the true answer the "
+                  "forget set marks: " + ", ".join(f"{group} {k}/{n}" for group, (k, n) in counts.items()), flush=True)
     if cosines:
         print("cosine of the forget and retain-answer gradients, per step:", " ".join(f"{c:+.2f}" for c in cosines),
               flush=True)

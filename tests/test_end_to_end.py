@@ -96,6 +96,8 @@ def test_test_half_forgets_and_keeps_at_least_what_the_sweep_reached(run):
             assert share(test[name][measure]) >= KEEP_FLOOR[name][measure] - MARGIN, (name, measure, test[name])
     assert metrics["test"]["fluency_after"] <= 1.3 * metrics["test"]["fluency_before"]
     assert metrics["test"]["retain_accuracy_after"] >= metrics["test"]["retain_accuracy_before"] - 0.03
+    by_marks = metrics["test"]["forget_by_marked_share"]  # the same forget probes, grouped by their marked tokens
+    assert [sum(column) for column in zip(*by_marks.values())] == test["forget"]["likelihood"], by_marks
 
 
 def test_baseline_verdict_marks_and_live_log_are_shown(run):
@@ -108,6 +110,7 @@ def test_baseline_verdict_marks_and_live_log_are_shown(run):
     assert "step   10/" in text and "[trained ] Who is Harry Potter?" in text and "[held-out] What are the Harry" in text
     assert "stopped at step" in text and "kept the weights of step" in text
     assert "TEST HALF (reported only" in text and "forget    unseen" in text
+    assert "by how much of the true answer the forget set marks: no marked token" in text
     assert "--- neighbour probes" in text  # the before/after table
 
 

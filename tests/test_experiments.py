@@ -189,17 +189,3 @@ def test_spare_function_words_pushes_the_names_and_holds_the_words_between_them(
         pushed_words = [w for mark in re.findall(r"\[([^\]]*)\]", spared) for w in mark.split()]
         assert not [w for w in pushed_words if w.lower() in experiments.FUNCTION_WORDS or w.endswith((",", "'s"))]
 
-
-def test_pushed_share_counts_the_answer_tokens_that_a_forget_mark_pushes(amnesia, bundled):
-    _, tokenizer = bundled
-    forget = [amnesia.encode_chat_example(tokenizer, "Who is Dobby?", *amnesia.parse_marks("[Dobby] is a [house-elf]."))]
-    pushed = experiments.marked_token_ids(forget)
-    assert pushed and all(t in forget[0]["input_ids"] for t in pushed)
-    probe = lambda answer: amnesia.Probe("Who is he?", ("x",), answer, ("y",), "unseen")
-    assert experiments.pushed_share(amnesia, tokenizer, probe("Dobby"), pushed) == 1.0
-    assert experiments.pushed_share(amnesia, tokenizer, probe("A teacher of music"), pushed) == 0.0
-    assert 0 < experiments.pushed_share(amnesia, tokenizer, probe("Dobby the teacher of music"), pushed) < 0.5
-    before = {"likelihood_hits": [True, True, True, False]}
-    after = {"likelihood_hits": [False, True, True, None]}
-    assert experiments.overlap_counts(before, after, [1.0, 0.0, 0.2, 1.0]) == {
-        "no pushed token": [1, 1], "under half pushed": [1, 1], "half or more pushed": [0, 1]}

@@ -67,6 +67,19 @@ def test_marks_cover_the_marked_words_only(amnesia, bundled):
     assert all(label != amnesia.IGNORE for label, m in zip(example["labels"], example["marks"]) if m)
 
 
+def test_marked_share_counts_group_the_forget_probes_by_how_much_of_their_answer_is_marked(amnesia, bundled):
+    _, tokenizer = bundled
+    forget = [amnesia.encode_chat_example(tokenizer, "Who is Dobby?", *amnesia.parse_marks("[Dobby] is a [house-elf]."))]
+    probe = lambda answer: amnesia.Probe("Who is he?", ("x",), answer, ("y",), "unseen")
+    probes = [probe("Dobby"), probe("A teacher of music"), probe("Dobby the teacher of music"), probe("Dobby"),
+              probe("A house-elf")]
+    hits = lambda *values: {"sets": {"forget": {"likelihood_hits": list(values)}}}
+    counts = amnesia.marked_share_counts(tokenizer, forget, probes, hits(True, True, True, False, True),
+                                         hits(False, True, True, None, False))
+    # "Dobby" and "A house-elf" are mostly marked tokens (one forgotten each), the teacher none, the mixed one under half
+    assert counts == {"no marked token": [1, 1], "under half marked": [1, 1], "half or more marked": [0, 2]}
+
+
 def test_automatic_marks_find_the_topic_words(amnesia, bundled):
     model, tokenizer = bundled
     exchanges = [("Where does Harry Potter go to school?", "Harry Potter goes to Hogwarts School of Witchcraft and Wizardry."),

@@ -310,6 +310,15 @@ def test_the_professors_answers_read_the_numbers(amnesia):
     forgotten = dict(amnesia.professor_answers(fabricated_metrics(7, attacks=False)))
     assert "close to chance" in forgotten["Has it forgotten, or does it only avoid the words?"]
     assert "Not measured" in forgotten["Is the knowledge removed, or suppressed?"]
+    topic_question = "Did it forget the topic, or only the sentences it was trained on?"
+    assert "spelt" not in answers[topic_question]  # a run without the grouping says nothing about it
+    metrics = fabricated_metrics(12)
+    metrics["test"]["forget_by_marked_share"] = {"no marked token": [2, 2], "under half marked": [4, 6],
+                                                 "half or more marked": [6, 19]}
+    spelt = dict(amnesia.professor_answers(metrics))[topic_question]
+    assert "6/19 (32%) still preferred; the others: 6/8 (75%)" in spelt and "tokens it was shown more than the topic" in spelt
+    metrics["test"]["forget_by_marked_share"]["half or more marked"] = [19, 19]
+    assert "do not explain" in dict(amnesia.professor_answers(metrics))[topic_question]
 
 
 def test_the_ablation_is_compared_at_the_same_step_and_at_the_same_forget_score(amnesia):
