@@ -21,8 +21,10 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --project --show-lost
     # the default with the token embeddings (tied to the output layer) frozen:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --freeze-embeddings --show-lost
-    # the default, its forget probes split by whether their true answer holds a pushed token:
+    # the default, its forget probes grouped by how much of their true answer the forget set marks:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --overlap
+    # the default with the function words, commas and 's inside the marks left unmarked:
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --spare-function-words --show-lost
     # the default with twice as many retain examples a step:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --retain-batch 8 --show-lost
 """
@@ -380,8 +382,8 @@ def main():
                         "(and so, tied, the output layer)")
     parser.add_argument("--retain-batch", type=int, default=None, help="retain examples per step (the loop's "
                         "default: 4)")
-    parser.add_argument("--overlap", action="store_true", help="split the forget probes by whether their true answer "
-                        "shares a token with the pushed ones, and count what was forgotten in each part")
+    parser.add_argument("--overlap", action="store_true", help="group the forget probes of both halves by how much of "
+                        "their true answer the forget set marks, and count what each group still prefers")
     parser.add_argument("--spare-function-words", action="store_true", help="leave unmarked the function words, "
                         "commas and possessive 's inside the marks (any variant)")
     parser.add_argument("--seed", type=int, default=0)
