@@ -464,9 +464,10 @@ def main():
     cosines = []
     if args.project:
         amnesia.training_step = projected_training_step(amnesia, cosines)
-    measured = []  # every measurement the run made; the last is the test half's, on the kept weights
-    measure = amnesia.measure
-    amnesia.measure = lambda *given, **named: measured.append(measure(*given, **named)) or measured[-1]
+    measured = []  # with --overlap, the run's measurements; the last is the test half's, on the kept weights
+    if args.overlap:
+        measure = amnesia.measure
+        amnesia.measure = lambda *given, **named: measured.append(measure(*given, **named)) or measured[-1]
     histories = []  # the loop's own history, for the answers each evaluation point gave
     run_unlearning = amnesia.run_unlearning
     amnesia.run_unlearning = lambda *given, **named: histories.append(run_unlearning(*given, **named)) or histories[-1]
