@@ -400,6 +400,19 @@ def test_forced_precisions_on_the_cpu(amnesia):
     assert scaler is not None and amnesia.precision_for("cpu", amnesia.resolve_precision("cpu", "float32"))[1] is None
 
 
+def test_a_forced_half_precision_says_when_this_cpu_only_emulates_it(amnesia, monkeypatch):
+    assert amnesia.cpu_has_native(torch.float16) in (True, False, None)  # what this machine's torch reports
+    monkeypatch.setattr(amnesia, "cpu_has_native", lambda dtype: dtype == torch.bfloat16)
+    if amnesia.cpu_autocast_works(torch.float16):
+        note = amnesia.resolve_precision("cpu", "float16").note
+        assert "no native float16 arithmetic" in note and "(bfloat16 is native here)" in note, note
+    assert "native" not in amnesia.resolve_precision("cpu", "bfloat16").note
+    assert "native" not in amnesia.resolve_precision("cuda", "bfloat16").note  # a GPU is never judged by the CPU's flags
+    monkeypatch.setattr(amnesia, "cpu_has_native", lambda dtype: False)
+    note = amnesia.resolve_precision("cpu", "bfloat16").note
+    assert "no native bfloat16 arithmetic" in note and "is native here" not in note, note
+
+
 def test_middle_mlp_trains_only_a_band_of_mlps(amnesia, fresh_model):
     params = amnesia.select_trainable(fresh_model, "middle-mlp")
     names = [n for n, p in fresh_model.named_parameters() if p.requires_grad]
