@@ -101,6 +101,11 @@ def test_likelihood_prefers_the_correct_answer(amnesia, bundled):
     right = amnesia.Probe("What is the capital of France?", ("paris",), "Paris", ("Bananas", "Seven", "Blue"))
     wrong = amnesia.Probe("What is the capital of France?", ("paris",), "Bananas", ("Paris", "Seven", "Blue"))
     assert amnesia.likelihood_hits(model, tokenizer, [right, wrong]) == [True, False]
+    # batched by answer length, the results still come back in the probes' order (the long answer first here)
+    long_right = amnesia.Probe("Who wrote Romeo and Juliet?", ("shakespeare",), "William Shakespeare, the English playwright",
+                               ("A chef in Paris", "Bananas", "Seven"))
+    probes = [long_right, wrong, right] * 3
+    assert amnesia.likelihood_hits(model, tokenizer, probes, batch_size=2) == [True, False, True] * 3
 
 
 def point(forget=(1.0, 1.0), neighbour=(1.0, 1.0), general=(1.0, 1.0), accuracy=0.47, fluency=2.0,
