@@ -25,6 +25,8 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --overlap
     # the default with the function words, commas and 's inside the marks left unmarked:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --spare-function-words --show-lost
+    # the default with the model's own answers to the forget questions added, marked by the name-swap contrast:
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --own-answers --show-lost
     # the default with twice as many retain examples a step:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --retain-batch 8 --show-lost
 """
@@ -101,6 +103,28 @@ def with_more_facts(amnesia, topic, more=MORE_HARRY_POTTER_EXCHANGES):
     amnesia.raise_on_leaks(amnesia.probe_leaks(amnesia.probe_sets_for(topic), amnesia.RETAIN_TEXTS, [],
                                                topic.forget_exchanges, generic), "probes")
     return topic
+
+
+def own_answer_exchanges(amnesia, reference, tokenizer, topic, max_new_tokens=48):
+    """The reference's own greedy answers to the topic's forget questions, each marked by the notebook's automatic
+    marks (the name-swap contrast, with the question's own name), as extra forget exchanges: the forget set then
+    pushes the words the model says ("a beloved [fantasy] [franchise]"), not only those written for it. An answer
+    with nothing marked, or one that would let a probe be answered from the forget set, is left out.
+    Returns (kept exchanges, [(question, why left out)])."""
+    probes = amnesia.probe_sets_for(topic)
+    generic = topic.keywords + tuple(amnesia.topic_name(topic.question).lower().split())
+    questions = [q for q, _ in topic.forget_exchanges]
+    kept, left_out = [], []
+    for question, answer in zip(questions, amnesia.generate_answers(reference, tokenizer, questions, max_new_tokens)):
+        name = amnesia.topic_name(question)
+        spans = amnesia.automatic_marks(reference, tokenizer, [(question, answer)], name)[0] if name else []
+        exchange = (question, amnesia.bracket_spans(answer, spans))
+        leaks = amnesia.probe_leaks(probes, [], [], list(topic.forget_exchanges) + [exchange], generic)
+        if not spans or leaks:
+            left_out.append((question, "nothing marked" if not spans else "; ".join(f"{q}: {why}" for q, why in leaks)))
+        else:
+            kept.append(exchange)
+    return kept, left_out
 
 
 def names_only(answer):
@@ -386,6 +410,8 @@ def main():
                         "their true answer the forget set marks, and count what each group still prefers")
     parser.add_argument("--spare-function-words", action="store_true", help="leave unmarked the function words, "
                         "commas and possessive 's inside the marks (any variant)")
+    parser.add_argument("--own-answers", action="store_true", help="add the reference's own answers to the forget "
+                        "questions, marked automatically, to the forget set (own_answer_exchanges)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
@@ -425,6 +451,16 @@ def main():
         amnesia.TOPIC_PRESETS["Harry Potter"] = dataclasses.replace(topic, forget_exchanges=tuple(
             (q, spare_function_words(a)) for q, a in topic.forget_exchanges))
         print("\n".join(a for _, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
+    if args.own_answers:
+        source, _ = amnesia.resolve_model_source("bundled", has_gpu=False)
+        reference, tokenizer = amnesia.load_model_and_tokenizer(source, "cpu")
+        topic = amnesia.TOPIC_PRESETS["Harry Potter"]
+        own, left_out = own_answer_exchanges(amnesia, reference.eval(), tokenizer, topic)
+        del reference
+        print("\n".join(f"own answer: {q} -> {a}" for q, a in own), flush=True)
+        print("\n".join(f"left out: {q} ({why})" for q, why in left_out), flush=True)
+        amnesia.TOPIC_PRESETS["Harry Potter"] = with_more_facts(amnesia, topic, own)
+        print(f"{len(amnesia.TOPIC_PRESETS['Harry Potter'].forget_exchanges)} forget exchanges, no probe leaks", flush=True)
     retain_questions = sweep.retain_questions_for(amnesia, more=args.variant == "more-retain" or args.more_retain)
     if args.country_retain:
         retain_questions = (list(COUNTRY_QUESTIONS) + list(retain_questions) if args.country_first
