@@ -189,3 +189,19 @@ def test_spare_function_words_pushes_the_names_and_holds_the_words_between_them(
         pushed_words = [w for mark in re.findall(r"\[([^\]]*)\]", spared) for w in mark.split()]
         assert not [w for w in pushed_words if w.lower() in experiments.FUNCTION_WORDS or w.endswith((",", "'s"))]
 
+
+
+def test_own_answers_are_marked_by_the_name_swap_and_leaking_or_unmarked_ones_are_left_out(amnesia, bundled, monkeypatch):
+    model, tokenizer = bundled
+    topic = amnesia.TOPIC_PRESETS["Harry Potter"]
+    topic = type(topic)(**{**topic.__dict__, "forget_exchanges": (
+        ("Who is Harry Potter?", "A [wizard]."), ("Who is Severus Snape?", "A [wizard]."), ("How are you?", "Fine."))})
+    own = {"Who is Harry Potter?": "Harry Potter is a young wizard who studies at a school of magic.",
+           "Who is Severus Snape?": "Severus Snape keeps a pet phoenix called Fawkes.",  # an unseen probe's answer
+           "How are you?": "I am fine, thank you."}  # no name in the question: nothing to swap, nothing marked
+    monkeypatch.setattr(amnesia, "generate_answers", lambda reference, tok, questions, tokens: [own[q] for q in questions])
+    kept, left_out = experiments.own_answer_exchanges(amnesia, model, tokenizer, topic)
+    assert [q for q, _ in kept] == ["Who is Harry Potter?"], left_out
+    question, marked = kept[0]
+    assert amnesia.parse_marks(marked)[0] == own[question] and "[Harry Potter]" in marked
+    assert dict(left_out)["How are you?"] == "nothing marked" and "Fawkes" in dict(left_out)["Who is Severus Snape?"].title()
