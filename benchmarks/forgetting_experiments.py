@@ -27,6 +27,8 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --spare-function-words --show-lost
     # the default with the model's own answers to the forget questions added, marked by the name-swap contrast:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --own-answers --show-lost
+    # ... with only the topic's keywords marked in them:
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --own-answers --keywords-only --show-lost
     # the default with twice as many retain examples a step:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --retain-batch 8 --show-lost
 """
@@ -105,11 +107,18 @@ def with_more_facts(amnesia, topic, more=MORE_HARRY_POTTER_EXCHANGES):
     return topic
 
 
-def own_answer_exchanges(amnesia, reference, tokenizer, topic, max_new_tokens=48):
+def keyword_spans(answer, words):
+    """Character spans of the whole words of `answer` that start with one of `words` (as the keyword score reads them:
+    'magical' counts as 'magic')."""
+    return [m.span() for m in re.finditer(r"\b(?:" + "|".join(map(re.escape, words)) + r")[\w.'-]*", answer, re.I)]
+
+
+def own_answer_exchanges(amnesia, reference, tokenizer, topic, max_new_tokens=48, keywords_only=False):
     """The reference's own greedy answers to the topic's forget questions, each marked by the notebook's automatic
     marks (the name-swap contrast, with the question's own name), as extra forget exchanges: the forget set then
-    pushes the words the model says ("a beloved [fantasy] [franchise]"), not only those written for it. An answer
-    with nothing marked, or one that would let a probe be answered from the forget set, is left out.
+    pushes the words the model says ("a beloved [fantasy] [franchise]"), not only those written for it. With
+    `keywords_only` the marks are instead the topic's keywords and the preset's own mark for its name ("Potter").
+    An answer with nothing marked, or one that would let a probe be answered from the forget set, is left out.
     Returns (kept exchanges, [(question, why left out)])."""
     probes = amnesia.probe_sets_for(topic)
     generic = topic.keywords + tuple(amnesia.topic_name(topic.question).lower().split())
@@ -117,7 +126,10 @@ def own_answer_exchanges(amnesia, reference, tokenizer, topic, max_new_tokens=48
     kept, left_out = [], []
     for question, answer in zip(questions, amnesia.generate_answers(reference, tokenizer, questions, max_new_tokens)):
         name = amnesia.topic_name(question)
-        spans = amnesia.automatic_marks(reference, tokenizer, [(question, answer)], name)[0] if name else []
+        if keywords_only:
+            spans = keyword_spans(answer, topic.keywords + ("Potter",))
+        else:
+            spans = amnesia.automatic_marks(reference, tokenizer, [(question, answer)], name)[0] if name else []
         exchange = (question, amnesia.bracket_spans(answer, spans))
         leaks = amnesia.probe_leaks(probes, [], [], list(topic.forget_exchanges) + [exchange], generic)
         if not spans or leaks:
@@ -412,6 +424,8 @@ def main():
                         "commas and possessive 's inside the marks (any variant)")
     parser.add_argument("--own-answers", action="store_true", help="add the reference's own answers to the forget "
                         "questions, marked automatically, to the forget set (own_answer_exchanges)")
+    parser.add_argument("--keywords-only", action="store_true", help="with --own-answers: mark only the topic's "
+                        "keywords and 'Potter' in the own answers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
@@ -455,7 +469,7 @@ def main():
         source, _ = amnesia.resolve_model_source("bundled", has_gpu=False)
         reference, tokenizer = amnesia.load_model_and_tokenizer(source, "cpu")
         topic = amnesia.TOPIC_PRESETS["Harry Potter"]
-        own, left_out = own_answer_exchanges(amnesia, reference.eval(), tokenizer, topic)
+        own, left_out = own_answer_exchanges(amnesia, reference.eval(), tokenizer, topic, keywords_only=args.keywords_only)
         del reference
         print("\n".join(f"own answer: {q} -> {a}" for q, a in own), flush=True)
         print("\n".join(f"left out: {q} ({why})" for q, why in left_out), flush=True)
