@@ -110,7 +110,8 @@ def with_more_facts(amnesia, topic, more=MORE_HARRY_POTTER_EXCHANGES):
 def keyword_spans(answer, words):
     """Character spans of the whole words of `answer` that start with one of `words` (as the keyword score reads them:
     'magical' counts as 'magic')."""
-    return [m.span() for m in re.finditer(r"\b(?:" + "|".join(map(re.escape, words)) + r")[\w.'-]*", answer, re.I)]
+    starts = "|".join(map(re.escape, words))
+    return [m.span() for m in re.finditer(rf"\b(?:{starts})(?:[\w'-]|\.(?=\w))*", answer, re.I)]  # a full stop ends a word
 
 
 def own_answer_exchanges(amnesia, reference, tokenizer, topic, max_new_tokens=48, keywords_only=False):

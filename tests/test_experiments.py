@@ -205,3 +205,9 @@ def test_own_answers_are_marked_by_the_name_swap_and_leaking_or_unmarked_ones_ar
     question, marked = kept[0]
     assert amnesia.parse_marks(marked)[0] == own[question] and "[Harry Potter]" in marked
     assert dict(left_out)["How are you?"] == "nothing marked" and "Fawkes" in dict(left_out)["Who is Severus Snape?"].title()
+
+
+def test_keyword_spans_mark_whole_words_that_start_with_a_keyword():
+    answer = "A beloved fantasy franchise: a magical world of wizards, not a Wizardry-free spot, by Rowling."
+    marked = [answer[a:b] for a, b in experiments.keyword_spans(answer, ("fantasy", "magic", "wizard", "pot", "rowling"))]
+    assert marked == ["fantasy", "magical", "wizards", "Wizardry-free", "Rowling"]  # 'spot' does not start with 'pot'
