@@ -190,7 +190,6 @@ def test_spare_function_words_pushes_the_names_and_holds_the_words_between_them(
         assert not [w for w in pushed_words if w.lower() in experiments.FUNCTION_WORDS or w.endswith((",", "'s"))]
 
 
-
 def test_own_answers_are_marked_by_the_name_swap_and_leaking_or_unmarked_ones_are_left_out(amnesia, bundled, monkeypatch):
     model, tokenizer = bundled
     topic = amnesia.TOPIC_PRESETS["Harry Potter"]
