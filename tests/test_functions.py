@@ -389,8 +389,13 @@ def test_auto_settings_follow_the_model_size_and_never_override_the_form(amnesia
     assert values["LEARNING_RATE"] == amnesia.RMU_LEARNING_RATE and values["TRAINABLE"] == "rmu"
 
 
-def test_forced_precisions_on_the_cpu(amnesia):
-    assert amnesia.resolve_precision("cpu", "auto") == amnesia.Precision("float32", False, "float32 (auto: CPU)")
+def test_forced_precisions_on_the_cpu(amnesia, monkeypatch):
+    with monkeypatch.context() as patched:  # a CPU without native bfloat16, then one with it
+        patched.setattr(amnesia, "cpu_has_native", lambda dtype: False)
+        assert amnesia.resolve_precision("cpu", "auto") == amnesia.Precision("float32", False, "float32 (auto: CPU)")
+        patched.setattr(amnesia, "cpu_has_native", lambda dtype: dtype == torch.bfloat16)
+        auto = amnesia.resolve_precision("cpu", "auto")
+        assert auto.name == "float32" and "PRECISION=bfloat16 steps about twice as fast" in auto.note
     half = amnesia.resolve_precision("cpu", "float16")
     assert half.scaled and half.name in ("float16", "bfloat16") and "GradScaler" in half.note
     assert amnesia.resolve_precision("cpu", "bfloat16").scaled is False
