@@ -25,3 +25,15 @@ def test_cell_seconds_reads_nbclients_timestamps():
                                   "shell.execute_reply": "2026-11-27T06:01:02.500000Z"}
     assert gpu_check.cell_seconds(cell) == 62.5
     assert gpu_check.cell_seconds(nbformat.v4.new_code_cell("1")) is None  # never executed
+
+
+def test_the_standin_cell_makes_a_forced_float16_take_bfloat16_with_the_loss_scaler_before_the_precision_is_read():
+    from notebook_loader import NOTEBOOK, load_notebook_functions
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    at = gpu_check.insert_standin_cell(notebook)
+    assert notebook.cells[at].source == gpu_check.STANDIN_CELL and "resolve_precision(DEVICE" in notebook.cells[at + 1].source
+    amnesia = load_notebook_functions()  # a fresh copy: the cell rebinds one of its functions
+    exec(gpu_check.STANDIN_CELL, amnesia.__dict__)
+    chosen = amnesia.resolve_precision("cpu", "float16")
+    assert (chosen.name, chosen.scaled) == ("bfloat16", True) and "cannot autocast to float16" in chosen.note
