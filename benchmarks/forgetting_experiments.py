@@ -466,21 +466,20 @@ def main():
         amnesia.TOPIC_PRESETS["Harry Potter"] = dataclasses.replace(topic, forget_exchanges=tuple(
             (q, spare_function_words(a)) for q, a in topic.forget_exchanges))
         print("\n".join(a for _, a in amnesia.TOPIC_PRESETS["Harry Potter"].forget_exchanges), flush=True)
-    if args.own_answers:
-        source, _ = amnesia.resolve_model_source("bundled", has_gpu=False)
-        reference, tokenizer = amnesia.load_model_and_tokenizer(source, "cpu")
-        topic = amnesia.TOPIC_PRESETS["Harry Potter"]
-        own, left_out = own_answer_exchanges(amnesia, reference.eval(), tokenizer, topic, keywords_only=args.keywords_only)
-        del reference
-        print("\n".join(f"own answer: {q} -> {a}" for q, a in own), flush=True)
-        print("\n".join(f"left out: {q} ({why})" for q, why in left_out), flush=True)
-        amnesia.TOPIC_PRESETS["Harry Potter"] = with_more_facts(amnesia, topic, own)
-        print(f"{len(amnesia.TOPIC_PRESETS['Harry Potter'].forget_exchanges)} forget exchanges, no probe leaks", flush=True)
     retain_questions = sweep.retain_questions_for(amnesia, more=args.variant == "more-retain" or args.more_retain)
     if args.country_retain:
         retain_questions = (list(COUNTRY_QUESTIONS) + list(retain_questions) if args.country_first
                             else list(retain_questions) + list(COUNTRY_QUESTIONS))
     data = sweep.prepare(amnesia, "Harry Potter", retain_questions)
+    if args.own_answers:  # the prepared reference answers; the forget set is then encoded again, with them
+        own, left_out = own_answer_exchanges(amnesia, data["reference"], data["tokenizer"], data["topic"],
+                                             keywords_only=args.keywords_only)
+        print("\n".join(f"own answer: {q} -> {a}" for q, a in own), flush=True)
+        print("\n".join(f"left out: {q} ({why})" for q, why in left_out), flush=True)
+        data["topic"] = with_more_facts(amnesia, data["topic"], own)
+        data["forget"] = [amnesia.encode_chat_example(data["tokenizer"], q, *amnesia.parse_marks(a))
+                          for q, a in data["topic"].forget_exchanges]
+        print(f"{len(data['forget'])} forget exchanges, no probe leaks", flush=True)
     if args.variant == "more-retain":
         print(f"{len(data['retain'])} retain examples after dropping the leaking answers", flush=True)
     loss, learning_rate = "targeted_npo", args.lr

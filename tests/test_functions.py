@@ -406,7 +406,9 @@ def test_forced_precisions_on_the_cpu(amnesia, monkeypatch):
 
 
 def test_a_forced_half_precision_says_when_this_cpu_only_emulates_it(amnesia, monkeypatch):
-    assert amnesia.cpu_has_native(torch.float16) in (True, False, None)  # what this machine's torch reports
+    for dtype, flag in ((torch.float16, "_is_mkldnn_fp16_supported"), (torch.bfloat16, "_is_mkldnn_bf16_supported")):
+        if hasattr(torch.ops.mkldnn, flag):  # what this machine's torch reports, each type read from its own flag
+            assert amnesia.cpu_has_native(dtype) is bool(getattr(torch.ops.mkldnn, flag)())
     monkeypatch.setattr(amnesia, "cpu_has_native", lambda dtype: dtype == torch.bfloat16)
     if amnesia.cpu_autocast_works(torch.float16):
         note = amnesia.resolve_precision("cpu", "float16").note
