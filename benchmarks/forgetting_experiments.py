@@ -31,6 +31,8 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --own-answers --keywords-only --show-lost
     # the default with twice as many retain examples a step:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --retain-batch 8 --show-lost
+    # the default, each forget probe's candidates scored on the original and the kept weights (what moved, what stayed):
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --candidates
 """
 import argparse
 import copy
@@ -381,6 +383,27 @@ def without_embeddings(select_trainable):
     return select
 
 
+def candidate_scores(amnesia, model, tokenizer, probes):
+    """Mean log-probability per token of each probe's candidates, true answer first: [[true, d1, d2, d3], ...]."""
+    return [amnesia.mean_answer_logprobs(model, tokenizer, [(p.question, c) for c in (p.answer, *p.distractors)])
+            for p in probes]
+
+
+def candidate_lines(probes, before, after, half):
+    """One line per probe the original preferred the true answer of: how the true answer and the distractors moved
+    (nats per token), and the margin of the true answer over the best distractor before and after."""
+    lines = []
+    for probe, old, new in zip(probes, before, after):
+        if max(range(4), key=old.__getitem__) != 0:
+            continue  # the original did not know it: nothing to forget
+        margin = lambda s: s[0] - max(s[1:])
+        moved_distractors = sum(n - o for o, n in zip(old[1:], new[1:])) / 3
+        lines.append(f"{half:6s} {probe.kind:10s} {'kept ' if margin(new) > 0 else 'lost '} true {new[0] - old[0]:+.2f} "
+                     f"distractors {moved_distractors:+.2f} margin {margin(old):+.2f} -> {margin(new):+.2f}  "
+                     f"{probe.question} [{probe.answer} | {' | '.join(probe.distractors)}]")
+    return lines
+
+
 def lost_answers(history, probe_sets):
     """For each evaluation point after step 0, the tuning probes known at step 0 whose answer has lost its keyword, with
     that answer: what a run costs, in the model's own words."""
@@ -427,6 +450,8 @@ def main():
                         "questions, marked automatically, to the forget set (own_answer_exchanges)")
     parser.add_argument("--keywords-only", action="store_true", help="with --own-answers: mark only the topic's "
                         "keywords and 'Potter' in the own answers")
+    parser.add_argument("--candidates", action="store_true", help="score every forget probe's candidates on the original "
+                        "and on the kept weights, both halves (reported only: nothing is decided on them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
@@ -518,9 +543,10 @@ def main():
     if args.overlap:
         measure = amnesia.measure
         amnesia.measure = lambda *given, **named: measured.append(measure(*given, **named)) or measured[-1]
-    histories = []  # the loop's own history, for the answers each evaluation point gave
+    histories, unlearned = [], []  # the loop's own history (the answers each evaluation point gave) and its model
     run_unlearning = amnesia.run_unlearning
-    amnesia.run_unlearning = lambda *given, **named: histories.append(run_unlearning(*given, **named)) or histories[-1]
+    amnesia.run_unlearning = lambda *given, **named: (unlearned.append(given[0]), histories.append(
+        run_unlearning(*given, **named)))[1] or histories[-1]
     result = sweep.run_row(amnesia, data, loss, None, learning_rate, args.seed, defaults, steps, attack_steps=0)
     if args.overlap:  # the notebook's verdict prints the test half's line; here the tuning half's too
         history, tokenizer = histories[-1], data["tokenizer"]
@@ -529,6 +555,13 @@ def main():
             counts = amnesia.marked_share_counts(tokenizer, data["forget"], data[half]["forget"], before, after)
             print(f"{half} half, forget probes still preferred at the kept step, by how much of the true answer the "
                   "forget set marks: " + ", ".join(f"{group} {k}/{n}" for group, (k, n) in counts.items()), flush=True)
+    if args.candidates:  # the kept weights are in the loop's model, restored by the loop
+        tokenizer = data["tokenizer"]
+        for half in ("tuning", "test"):
+            probes = data[half]["forget"]
+            lines = candidate_lines(probes, candidate_scores(amnesia, data["reference"], tokenizer, probes),
+                                    candidate_scores(amnesia, unlearned[-1], tokenizer, probes), half)
+            print("\n".join(lines), flush=True)
     if cosines:
         print("cosine of the forget and retain-answer gradients, per step:", " ".join(f"{c:+.2f}" for c in cosines),
               flush=True)

@@ -210,3 +210,16 @@ def test_keyword_spans_mark_whole_words_that_start_with_a_keyword():
     answer = "A beloved fantasy franchise: a magical world of wizards, not a Wizardry-free spot, by Rowling."
     marked = [answer[a:b] for a, b in experiments.keyword_spans(answer, ("fantasy", "magic", "wizard", "pot", "rowling"))]
     assert marked == ["fantasy", "magical", "wizards", "Wizardry-free", "Rowling"]  # 'spot' does not start with 'pot'
+
+
+def test_candidate_lines_skip_what_the_original_did_not_know_and_say_how_each_candidate_moved(amnesia):
+    probes = [amnesia.Probe("Which owl?", ("hedwig",), "Hedwig", ("Errol", "Pig", "Hoot"), "unseen"),
+              amnesia.Probe("Which cat?", ("crookshanks",), "Crookshanks", ("Tom", "Felix", "Garfield"), "unseen"),
+              amnesia.Probe("Which school?", ("hogwarts",), "Hogwarts", ("Eton", "Rydell", "Brakebills"), "paraphrase")]
+    before = [[-1.0, -2.0, -3.0, -4.0], [-3.0, -1.0, -2.0, -2.5], [-0.5, -2.5, -2.0, -3.0]]
+    after = [[-1.5, -2.0, -2.0, -4.0], [-9.0, -1.0, -2.0, -2.5], [-4.5, -2.0, -2.0, -3.0]]
+    lines = experiments.candidate_lines(probes, before, after, "test")
+    assert len(lines) == 2  # the cat was never known: nothing to forget
+    assert lines[0].split()[:7] == ["test", "unseen", "kept", "true", "-0.50", "distractors", "+0.33"]
+    assert "margin +1.00 -> +0.50" in lines[0] and "Which owl? [Hedwig | Errol | Pig | Hoot]" in lines[0]
+    assert lines[1].split()[2:5] == ["lost", "true", "-4.00"] and "margin +1.50 -> -2.50" in lines[1]
