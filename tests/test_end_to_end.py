@@ -98,6 +98,8 @@ def test_test_half_forgets_and_keeps_at_least_what_the_sweep_reached(run):
     assert metrics["test"]["retain_accuracy_after"] >= metrics["test"]["retain_accuracy_before"] - 0.03
     by_marks = metrics["test"]["forget_by_marked_share"]  # the same forget probes, grouped by their marked tokens
     assert [sum(column) for column in zip(*by_marks.values())] == test["forget"]["likelihood"], by_marks
+    shifts = metrics["test"]["forget_true_answer_shifts"]  # and by whether their true answer's score fell
+    assert [len(shifts["still preferred"]), len(shifts["still preferred"]) + len(shifts["lost"])] == test["forget"]["likelihood"]
 
 
 def test_baseline_verdict_marks_and_live_log_are_shown(run):
@@ -111,6 +113,7 @@ def test_baseline_verdict_marks_and_live_log_are_shown(run):
     assert "stopped at step" in text and "kept the weights of step" in text
     assert "TEST HALF (reported only" in text and "forget    unseen" in text
     assert "by how much of the true answer the forget set marks: no marked token" in text
+    assert "the true answer's log-probability per token, median change: still preferred" in text
     assert "--- neighbour probes" in text  # the before/after table
 
 

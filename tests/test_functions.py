@@ -80,6 +80,28 @@ def test_marked_share_counts_group_the_forget_probes_by_how_much_of_their_answer
     assert counts == {"no marked token": [1, 1], "under half marked": [1, 1], "half or more marked": [0, 2]}
 
 
+def test_true_answer_shifts_split_what_fell_from_what_stayed_and_skip_what_was_never_known(amnesia):
+    scores = lambda *rows: {"likelihood_scores": list(rows)}
+    before = scores([-1.0, -2.0, -3.0, -4.0], [-1.0, -1.5, -3.0, -4.0], [-3.0, -1.0, -2.0, -2.5], None, [-0.5, -2.0, -2.0, -2.0])
+    after = scores([-1.25, -2.0, -2.0, -4.0], [-5.0, -1.5, -3.0, -4.0], [-9.0, -1.0, -2.0, -2.5], [-1.0, -2.0, -2.0, -2.0], None)
+    shifts = amnesia.true_answer_shifts(before, after)
+    # the third was never preferred, the fourth never measured before, the fifth not after: none of them counts
+    assert shifts == {"still preferred": [-0.25], "lost": [-4.0]}
+    line = amnesia.shift_line({"still preferred": [-0.25, 0.5, -2.0], "lost": [-4.0, -3.0]})
+    assert "still preferred (3) -0.25 nats, 2/3 moved less than 1 nat" in line
+    assert "lost (2) -3.50 nats, 0/2 moved less than 1 nat" in line
+    assert "lost" not in amnesia.shift_line({"still preferred": [0.1], "lost": []})
+
+
+def test_likelihood_scores_rank_like_likelihood_hits(amnesia, bundled):
+    model, tokenizer = bundled
+    probes = list(amnesia.HARRY_POTTER.forget_probes[:4])
+    scores = amnesia.likelihood_scores(model, tokenizer, probes)
+    assert [len(s) for s in scores] == [4] * len(probes)
+    assert [amnesia.prefers_true(s) for s in scores] == amnesia.likelihood_hits(model, tokenizer, probes)
+    assert amnesia.prefers_true([-1.0, -1.0, -2.0]) and not amnesia.prefers_true([-2.0, -1.0, -3.0])
+
+
 def test_automatic_marks_find_the_topic_words(amnesia, bundled):
     model, tokenizer = bundled
     exchanges = [("Where does Harry Potter go to school?", "Harry Potter goes to Hogwarts School of Witchcraft and Wizardry."),

@@ -319,6 +319,12 @@ def test_the_professors_answers_read_the_numbers(amnesia):
     assert "6/19 (32%) still preferred; the others: 6/8 (75%)" in spelt and "tokens it was shown more than the topic" in spelt
     metrics["test"]["forget_by_marked_share"]["half or more marked"] = [19, 19]
     assert "do not explain" in dict(amnesia.professor_answers(metrics))[topic_question]
+    assert "nats per token" not in answers[topic_question]  # nor without the shifts
+    metrics["test"]["forget_true_answer_shifts"] = {"still preferred": [0.4, -0.1, -0.6], "lost": [-4.0, -3.5]}
+    moved = dict(amnesia.professor_answers(metrics))[topic_question]
+    assert "median of -0.10 nats per token, the lost ones by -3.75" in moved and "did not fade as a whole" in moved
+    metrics["test"]["forget_true_answer_shifts"]["still preferred"] = [-1.5, -1.2]
+    assert "weakened as a whole" in dict(amnesia.professor_answers(metrics))[topic_question]
 
 
 def test_the_ablation_is_compared_at_the_same_step_and_at_the_same_forget_score(amnesia):
