@@ -33,6 +33,10 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --retain-batch 8 --show-lost
     # the default, each forget probe's candidates scored on the original and the kept weights (what moved, what stayed):
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --candidates
+    # the states at the topic's name and after it, in the questions that name it, pulled to the name-swapped ones':
+    python benchmarks/forgetting_experiments.py swap-state --more-retain --lr 3e-4 --candidates
+    # ... added to the default's targeted NPO, with weight 0.3:
+    python benchmarks/forgetting_experiments.py more-retain --state-weight 0.3 --lr 1e-4 --candidates
 """
 import argparse
 import copy
@@ -297,6 +301,91 @@ def steer_where_marked(amnesia):
     amnesia.collate, amnesia.rmu_loss_terms = collate_with_steer, rmu_loss_terms
 
 
+def name_end(amnesia, tokenizer, prompt, name):
+    """(the prompt's ids, the index of the last token of `name`'s last mention in it), or None where the name is
+    absent or does not end on a token boundary."""
+    at = prompt.lower().rfind(name.lower())
+    if at < 0:
+        return None
+    ids, head = amnesia.tokenize_text(tokenizer, prompt), amnesia.tokenize_text(tokenizer, prompt[:at + len(name)])
+    return (ids, len(head) - 1) if ids[:len(head)] == head else None
+
+
+@torch.no_grad()
+def swapped_state_examples(amnesia, reference, tokenizer, exchanges, name, layer, swaps):
+    """The forget exchanges encoded, each with a `steer` mask over the positions from the topic's name's last token to
+    the end of the prompt and a `state_target` there: the reference's hidden states at `layer`, averaged over copies of
+    the prompt with the name replaced by each of `swaps` (those positions are where a causal model gathers what it
+    knows about the entity it was asked about: the last subject token and after). A question without the name gets an
+    empty mask."""
+    examples = []
+    for question, marked in exchanges:
+        prompt = amnesia.chat_prompt(tokenizer, question)
+        real = name_end(amnesia, tokenizer, prompt, name)
+        example = amnesia.encode_chat_example(tokenizer, question, *amnesia.parse_marks(marked))
+        states = []
+        if real is not None and example["input_ids"][:len(real[0])] == real[0]:
+            ids, end = real
+            for swap in swaps:
+                swapped = name_end(amnesia, tokenizer, amnesia.chat_prompt(tokenizer, amnesia.swap_name(question, name, swap)), swap)
+                if swapped is None or swapped[0][swapped[1] + 1:] != ids[end + 1:]:
+                    continue  # the text after the name must be the same tokens, position for position
+                hidden, _ = amnesia.layer_output(reference, layer, lambda: reference(
+                    input_ids=torch.tensor([swapped[0]]), logits_to_keep=1))
+                states.append(hidden[0, swapped[1]:].float())
+        target = torch.zeros(len(example["input_ids"]), reference.config.hidden_size)
+        steer = [False] * len(example["input_ids"])
+        if states:
+            target[end:len(ids)] = torch.stack(states).mean(0)
+            steer = [end <= i < len(ids) for i in range(len(example["input_ids"]))]
+        examples.append({**example, "steer": steer, "state_target": target})
+    return examples
+
+
+def state_term(batch, hidden):
+    """Relative squared distance of the hidden states at the batch's `steer` positions from their `state_target`."""
+    chosen = batch["steer"][:, -hidden.shape[1]:]  # the rows after their shared prefix, as the hidden states
+    target = batch["state_target"][:, -hidden.shape[1]:][chosen]
+    if not len(target):
+        return hidden.sum() * 0.0
+    return (hidden[chosen].float() - target).pow(2).sum(-1).mean() / target.pow(2).sum(-1).mean()
+
+
+def with_state_term(amnesia, layer, weight):
+    """Make the loaded notebook's forget loss add `weight` times the state term at `layer` (same forward pass)."""
+    forget_loss_terms, hidden_of = amnesia.forget_loss_terms, amnesia.layer_output
+
+    def combined(model, batch, reference_logprobs, settings):
+        hidden, (forget, keep_kl, pushed_nll) = hidden_of(model, layer, lambda: forget_loss_terms(
+            model, batch, reference_logprobs, settings))
+        return forget + weight * state_term(batch, hidden), keep_kl, pushed_nll
+
+    amnesia.forget_loss_terms = combined
+
+
+def steer_to_swapped_states(amnesia):
+    """Make the loaded notebook's RMU loss pull the hidden states at each example's `steer` positions to its own
+    `state_target` (relative squared distance), instead of to one random vector."""
+    collate, hidden_of = amnesia.collate, amnesia.layer_output
+
+    def collate_with_targets(examples, pad_id, device):
+        batch = collate(examples, pad_id, device)
+        if all("state_target" in e for e in examples):
+            width = batch["input_ids"].shape[1]
+            batch["steer"] = torch.tensor([e["steer"] + [False] * (width - len(e["steer"])) for e in examples], device=device)
+            batch["state_target"] = torch.stack([torch.nn.functional.pad(e["state_target"], (0, 0, 0, width - len(e["steer"])))
+                                                 for e in examples]).to(device)
+        return batch
+
+    def rmu_loss_terms(model, batch, steer, layer):
+        hidden, (logits, labels) = hidden_of(model, layer, lambda: amnesia.labelled_logits(model, batch))
+        term = state_term(batch, hidden)
+        answer = labels != amnesia.IGNORE
+        return term, term * 0.0, torch.nn.functional.cross_entropy(logits[answer].float(), labels[answer])
+
+    amnesia.collate, amnesia.rmu_loss_terms = collate_with_targets, rmu_loss_terms
+
+
 def exchange_conflicts(amnesia, model, tokenizer, exchanges, questions):
     """For each forget exchange, the cosine between the gradient that raises its marked tokens' log-probability and the
     one that raises the model's own greedy answers to `questions`, at the current weights. Positive: pushing the marked
@@ -419,7 +508,8 @@ def lost_answers(history, probe_sets):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark", "reinforced", "more-retain"))
+    parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark", "reinforced", "more-retain",
+                                            "swap-state"))
     parser.add_argument("--alpha", type=float, default=5.0, help="reinforced: how much of the reinforced boost is taken away")
     parser.add_argument("--reinforce-steps", type=int, default=12, help="reinforced: fine-tuning steps of the reinforced "
                         "model (batches of 8 forget exchanges: 3 passes over 32)")
@@ -456,6 +546,10 @@ def main():
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
     parser.add_argument("--steps", type=int, default=None, help="default: 70 for 'longer', the notebook's otherwise")
+    parser.add_argument("--state-weight", type=float, default=0.0, help="add this many times the swap-state term "
+                        "to the targeted loss (its states at --layer pulled to the name-swapped questions')")
+    parser.add_argument("--layer", type=int, default=None, help="swap-state: the layer whose states are pulled "
+                        "(default: RMU's, a quarter of the way up)")
     parser.add_argument("--rmu-scale", type=float, default=1.0, help="rmu-question: steer length in mean activation lengths "
                         "(the notebook divides the term by the steer's squared length, so a longer one pulls less hard)")
     parser.add_argument("--output", default=None, help="JSON file for the whole result (default: none)")
@@ -517,6 +611,27 @@ def main():
             [t for t, s in zip(first["input_ids"], first["steer"]) if s])), flush=True)
         settings = amnesia.LoopSettings
         amnesia.LoopSettings = lambda **values: settings(**values, rmu_scale=args.rmu_scale)
+    if args.variant == "swap-state":  # RMU's machinery, each question's own target: its states with the name swapped
+        loss, learning_rate = "rmu", args.lr
+        layer = amnesia.rmu_layer_index(data["reference"], args.layer)
+        data["forget"] = [e for e in swapped_state_examples(amnesia, data["reference"], data["tokenizer"],
+                                                            data["topic"].forget_exchanges,
+                                                            amnesia.topic_name(data["topic"].question), layer,
+                                                            amnesia.TEACHER_NAMES) if any(e["steer"])]
+        steer_to_swapped_states(amnesia)
+        settings = amnesia.LoopSettings
+        amnesia.LoopSettings = lambda **values: settings(**values, rmu_layer=layer)
+        print(f"{len(data['forget'])} forget questions name the topic; their states at layer {layer} are pulled to the "
+              f"swapped names' (first: {data['tokenizer'].decode([t for t, s in zip(data['forget'][0]['input_ids'], data['forget'][0]['steer']) if s])!r})",
+              flush=True)
+    if args.state_weight:  # the default loss, plus the swap-state term on the questions that name the topic
+        layer = amnesia.rmu_layer_index(data["reference"], args.layer)
+        data["forget"] = swapped_state_examples(amnesia, data["reference"], data["tokenizer"], data["topic"].forget_exchanges,
+                                                amnesia.topic_name(data["topic"].question), layer, amnesia.TEACHER_NAMES)
+        steer_to_swapped_states(amnesia)
+        with_state_term(amnesia, layer, args.state_weight)
+        print(f"{sum(any(e['steer']) for e in data['forget'])} of {len(data['forget'])} forget questions name the topic; "
+              f"weight {args.state_weight} on their states at layer {layer}", flush=True)
     if args.variant == "reinforced":  # the loop's name-swap-teacher path, with the generic prediction as its teacher
         loss, pad_id = "name_swap_teacher", data["tokenizer"].pad_token_id
         reinforced = reinforced_model(amnesia, data["reference"], data["forget"], pad_id, args.reinforce_steps, 5e-5)

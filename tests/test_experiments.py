@@ -223,3 +223,23 @@ def test_candidate_lines_skip_what_the_original_did_not_know_and_say_how_each_ca
     assert lines[0].split()[:7] == ["test", "unseen", "kept", "true", "-0.50", "distractors", "+0.33"]
     assert "margin +1.00 -> +0.50" in lines[0] and "Which owl? [Hedwig | Errol | Pig | Hoot]" in lines[0]
     assert lines[1].split()[2:5] == ["lost", "true", "-4.00"] and "margin +1.50 -> -2.50" in lines[1]
+
+
+def test_swapped_states_cover_the_name_to_the_prompts_end_and_pull_there_only(amnesia, bundled):
+    reference, tokenizer = bundled
+    exchanges = [("Who is Harry Potter?", "Harry [Potter] is a [wizard]."), ("Who is Dobby?", "[Dobby] is a [house-elf].")]
+    named, unnamed = experiments.swapped_state_examples(amnesia, reference, tokenizer, exchanges, "Harry Potter", 3,
+                                                        amnesia.NEUTRAL_NAMES[:2])
+    steered = [t for t, s in zip(named["input_ids"], named["steer"]) if s]
+    prompt = amnesia.tokenize_text(tokenizer, amnesia.chat_prompt(tokenizer, "Who is Harry Potter?"))
+    assert tokenizer.decode(steered).startswith(" Potter?") and len(steered) < len(prompt)
+    assert named["input_ids"][:len(prompt)] == prompt and not any(named["steer"][len(prompt):])  # no answer token
+    assert named["state_target"][torch.tensor(named["steer"])].norm(dim=-1).min() > 0
+    assert named["state_target"][~torch.tensor(named["steer"])].abs().sum() == 0
+    assert not any(unnamed["steer"]) and unnamed["state_target"].abs().sum() == 0
+    # the term is 0 where the states equal their targets and grows with the distance; no steered position: 0
+    batch = {"steer": torch.tensor([named["steer"]]), "state_target": named["state_target"].unsqueeze(0)}
+    assert experiments.state_term(batch, named["state_target"].unsqueeze(0)) == 0
+    assert experiments.state_term(batch, 2 * named["state_target"].unsqueeze(0)) == pytest.approx(1.0, rel=1e-4)
+    empty = {"steer": torch.tensor([unnamed["steer"]]), "state_target": unnamed["state_target"].unsqueeze(0)}
+    assert experiments.state_term(empty, torch.ones(1, len(unnamed["steer"]), 4)) == 0
