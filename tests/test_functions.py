@@ -91,6 +91,7 @@ def test_true_answer_shifts_split_what_fell_from_what_stayed_and_skip_what_was_n
     assert "still preferred (3) -0.25 nats, 2/3 moved less than 1 nat" in line
     assert "lost (2) -3.50 nats, 0/2 moved less than 1 nat" in line
     assert "lost" not in amnesia.shift_line({"still preferred": [0.1], "lost": []})
+    assert "none measured" in amnesia.shift_line({"still preferred": [], "lost": []})
 
 
 def test_likelihood_scores_rank_like_likelihood_hits(amnesia, bundled):
