@@ -483,10 +483,10 @@ def candidate_lines(probes, before, after, half):
     (nats per token), and the margin of the true answer over the best distractor before and after."""
     lines = []
     for probe, old, new in zip(probes, before, after):
-        if max(range(4), key=old.__getitem__) != 0:
+        if max(range(len(old)), key=old.__getitem__) != 0:
             continue  # the original did not know it: nothing to forget
         margin = lambda s: s[0] - max(s[1:])
-        moved_distractors = sum(n - o for o, n in zip(old[1:], new[1:])) / 3
+        moved_distractors = sum(n - o for o, n in zip(old[1:], new[1:])) / (len(old) - 1)
         lines.append(f"{half:6s} {probe.kind:10s} {'kept ' if margin(new) > 0 else 'lost '} true {new[0] - old[0]:+.2f} "
                      f"distractors {moved_distractors:+.2f} margin {margin(old):+.2f} -> {margin(new):+.2f}  "
                      f"{probe.question} [{probe.answer} | {' | '.join(probe.distractors)}]")
@@ -548,12 +548,14 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="default: 70 for 'longer', the notebook's otherwise")
     parser.add_argument("--state-weight", type=float, default=0.0, help="add this many times the swap-state term "
                         "to the targeted loss (its states at --layer pulled to the name-swapped questions')")
-    parser.add_argument("--layer", type=int, default=None, help="swap-state: the layer whose states are pulled "
-                        "(default: RMU's, a quarter of the way up)")
+    parser.add_argument("--layer", type=int, default=None, help="swap-state, --state-weight: the layer whose "
+                        "states are pulled (default: RMU's, a quarter of the way up; swap-state trains RMU's MLPs either way)")
     parser.add_argument("--rmu-scale", type=float, default=1.0, help="rmu-question: steer length in mean activation lengths "
                         "(the notebook divides the term by the steer's squared length, so a longer one pulls less hard)")
     parser.add_argument("--output", default=None, help="JSON file for the whole result (default: none)")
     args = parser.parse_args()
+    if args.variant == "swap-state" and args.state_weight:
+        parser.error("swap-state trains the state term alone; --state-weight adds it to another variant's loss")
     amnesia = sweep.load_notebook_functions()
     defaults = sweep.notebook_defaults(amnesia)
     steps = args.steps or (70 if args.variant == "longer" else int(defaults["MAX_STEPS"]))
