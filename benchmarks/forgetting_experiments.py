@@ -472,12 +472,6 @@ def without_embeddings(select_trainable):
     return select
 
 
-def candidate_scores(amnesia, model, tokenizer, probes):
-    """Mean log-probability per token of each probe's candidates, true answer first: [[true, d1, d2, d3], ...]."""
-    return [amnesia.mean_answer_logprobs(model, tokenizer, [(p.question, c) for c in (p.answer, *p.distractors)])
-            for p in probes]
-
-
 def candidate_lines(probes, before, after, half):
     """One line per probe the original preferred the true answer of: how the true answer and the distractors moved
     (nats per token), and the margin of the true answer over the best distractor before and after."""
@@ -672,12 +666,12 @@ def main():
             counts = amnesia.marked_share_counts(tokenizer, data["forget"], data[half]["forget"], before, after)
             print(f"{half} half, forget probes still preferred at the kept step, by how much of the true answer the "
                   "forget set marks: " + ", ".join(f"{group} {k}/{n}" for group, (k, n) in counts.items()), flush=True)
-    if args.candidates:  # the kept weights are in the loop's model, restored by the loop
+    if args.candidates:  # the original's scores are its step-0 measurements; the kept weights are in the loop's model
         tokenizer = data["tokenizer"]
         for half in ("tuning", "test"):
             probes = data[half]["forget"]
-            lines = candidate_lines(probes, candidate_scores(amnesia, data["reference"], tokenizer, probes),
-                                    candidate_scores(amnesia, unlearned[-1], tokenizer, probes), half)
+            before = data["baseline" if half == "tuning" else "test_before"]["sets"]["forget"]["likelihood_scores"]
+            lines = candidate_lines(probes, before, amnesia.likelihood_scores(unlearned[-1], tokenizer, probes), half)
             print("\n".join(lines), flush=True)
     if cosines:
         print("cosine of the forget and retain-answer gradients, per step:", " ".join(f"{c:+.2f}" for c in cosines),

@@ -94,13 +94,16 @@ def test_true_answer_shifts_split_what_fell_from_what_stayed_and_skip_what_was_n
     assert "none measured" in amnesia.shift_line({"still preferred": [], "lost": []})
 
 
-def test_likelihood_scores_rank_like_likelihood_hits(amnesia, bundled):
+def test_likelihood_scores_are_the_whole_exchange_scores_true_answer_first(amnesia, bundled):
     model, tokenizer = bundled
-    probes = list(amnesia.HARRY_POTTER.forget_probes[:4])
-    scores = amnesia.likelihood_scores(model, tokenizer, probes)
-    assert [len(s) for s in scores] == [4] * len(probes)
-    assert [amnesia.prefers_true(s) for s in scores] == amnesia.likelihood_hits(model, tokenizer, probes)
+    probes = list(amnesia.HARRY_POTTER.forget_probes[:4]) + list(amnesia.GENERAL_PROBES[:2])
+    scores = amnesia.likelihood_scores(model, tokenizer, probes, batch_size=4)  # sorted into batches, returned in order
+    whole = [amnesia.mean_answer_logprobs(model, tokenizer, [(p.question, c) for c in (p.answer, *p.distractors)],
+                                          batch_size=1) for p in probes]
+    assert [len(s) for s in scores] == [1 + len(p.distractors) for p in probes]
+    assert max(abs(a - b) for s, w in zip(scores, whole) for a, b in zip(s, w)) < 1e-3
     assert amnesia.prefers_true([-1.0, -1.0, -2.0]) and not amnesia.prefers_true([-2.0, -1.0, -3.0])
+    assert amnesia.likelihood_hits(model, tokenizer, probes) == [w[0] == max(w) for w in whole]
 
 
 def test_automatic_marks_find_the_topic_words(amnesia, bundled):
