@@ -178,7 +178,14 @@ def test_the_t4_recipe_runs_on_the_cpu(amnesia, bundled, tiny_run, monkeypatch):
             used.append(((torch.ones(2, 2) @ torch.ones(2, 2)).dtype, scaler is not None))
         return real_step(*args, **kwargs)
 
+    real_targets, target_sources = amnesia.reference_logprobs_per_example, []
+
+    def recording_targets(source, *args, **kwargs):
+        target_sources.append(source)
+        return real_targets(source, *args, **kwargs)
+
     monkeypatch.setattr(amnesia, "training_step", recording_step)
+    monkeypatch.setattr(amnesia, "reference_logprobs_per_example", recording_targets)
     model, _ = bundled
     edited = copy.deepcopy(model)
     half_reference = amnesia.make_frozen_reference(model, amnesia.resolve_precision("cpu", "float16"))
@@ -190,6 +197,8 @@ def test_the_t4_recipe_runs_on_the_cpu(amnesia, bundled, tiny_run, monkeypatch):
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses + [s["kl"] for s in history["steps"]]), history["steps"]
     assert losses[-1] != losses[0]
     assert used == [(torch.float16, True)] * 3  # every step ran in float16 arithmetic with the loss scaler
+    # the forget and retain targets came from the float32 weights before the first step, not the float16 reference
+    assert len(target_sources) == 2 and all(source is edited for source in target_sources)
     trainable = {name for name, p in edited.named_parameters() if p.requires_grad}
     changed = {name for name, p in edited.named_parameters() if not torch.equal(p, before[name])}
     assert changed and changed <= trainable and all(".mlp." in name for name in trainable)

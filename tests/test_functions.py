@@ -9,15 +9,28 @@ TARGET = "Harry Potter is a wizard in the series by J.K. Rowling."
 
 
 class FixedLogits(torch.nn.Module):
-    """A stand-in model that returns the given logits, honouring `logits_to_keep` (0 keeps all, as in transformers)."""
+    """A stand-in model that returns the given logits, honouring `logits_to_keep` (0 keeps all, as in transformers).
+    Asked for its decoder and output layer (labelled_logits), it gives the logits as the last hidden states and an
+    identity output layer, so the losses see exactly those logits."""
 
     def __init__(self, logits):
         super().__init__()
         self.logits = logits
+        self.identity = torch.nn.Linear(logits.shape[-1], logits.shape[-1], bias=False)
+        torch.nn.init.eye_(self.identity.weight)
 
     def forward(self, input_ids, attention_mask, logits_to_keep=0, past_key_values=None):
         assert past_key_values is None  # it keeps no cache: batches for it share no prefix (with_ids)
         return type("Output", (), {"logits": self.logits[:, -logits_to_keep:]})()
+
+    def get_decoder(self):
+        def decoder(input_ids, attention_mask, past_key_values=None):
+            assert past_key_values is None
+            return type("Output", (), {"last_hidden_state": self.logits})()
+        return decoder
+
+    def get_output_embeddings(self):
+        return self.identity
 
 
 def with_ids(batch):
@@ -445,6 +458,33 @@ def test_a_forced_half_precision_says_when_this_cpu_only_emulates_it(amnesia, mo
     note = amnesia.resolve_precision("cpu", "bfloat16").note
     assert "no native bfloat16 arithmetic" in note and "is native here" not in note, note
 
+
+
+def test_the_output_layer_is_not_rounded_to_16_bits_under_autocast(amnesia, bundled):
+    """bfloat16 autocast rounds a matrix product's result to 16 bits; the losses' logits (labelled_logits) are not."""
+    model, tokenizer = bundled
+    batch = amnesia.collate([amnesia.encode_chat_example(tokenizer, "Who wrote Hamlet?", "William Shakespeare wrote it.")],
+                            tokenizer.pad_token_id, "cpu")
+    is_16_bit = lambda t: torch.equal(t.float(), t.to(torch.bfloat16).float())
+    with torch.no_grad():
+        exact, labels = amnesia.labelled_logits(model, batch)
+        whole = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half, _ = amnesia.labelled_logits(model, batch)
+            rounded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    first = batch["labels"].shape[1] - labels.shape[1]
+    # in float32 the same scores as the model's own output layer, at the positions that predict the labels
+    assert torch.allclose(exact, whole[:, first - 1:-1], atol=1e-4)
+    assert is_16_bit(rounded) and not is_16_bit(half) and half.dtype == torch.float32
+
+
+def test_the_loop_targets_come_from_float32_weights(amnesia, bundled):
+    """A reference kept in half precision does not compute the targets: the float32 model does, before its first step."""
+    model, _ = bundled
+    half = amnesia.make_frozen_reference(model, amnesia.resolve_precision("cpu", "bfloat16"))
+    full = amnesia.make_frozen_reference(model)
+    assert amnesia.target_source(model, half) is model
+    assert amnesia.target_source(model, full) is full  # the same weights in the same precision: the reference's own
 
 def test_middle_mlp_trains_only_a_band_of_mlps(amnesia, fresh_model):
     params = amnesia.select_trainable(fresh_model, "middle-mlp")
