@@ -459,7 +459,6 @@ def test_a_forced_half_precision_says_when_this_cpu_only_emulates_it(amnesia, mo
     assert "no native bfloat16 arithmetic" in note and "is native here" not in note, note
 
 
-
 def test_the_output_layer_is_not_rounded_to_16_bits_under_autocast(amnesia, bundled):
     """bfloat16 autocast rounds a matrix product's result to 16 bits; the losses' logits (labelled_logits) are not."""
     model, tokenizer = bundled
@@ -485,6 +484,7 @@ def test_the_loop_targets_come_from_float32_weights(amnesia, bundled):
     full = amnesia.make_frozen_reference(model)
     assert amnesia.target_source(model, half) is model
     assert amnesia.target_source(model, full) is full  # the same weights in the same precision: the reference's own
+
 
 def test_middle_mlp_trains_only_a_band_of_mlps(amnesia, fresh_model):
     params = amnesia.select_trainable(fresh_model, "middle-mlp")
