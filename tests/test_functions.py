@@ -1,4 +1,6 @@
 """Unit tests of the notebook's functions, without running the demo."""
+import types
+
 import pytest
 import torch
 
@@ -476,6 +478,23 @@ def test_the_output_layer_is_not_rounded_to_16_bits_under_autocast(amnesia, bund
     assert torch.allclose(exact, whole[:, first - 1:-1], atol=1e-4)
     assert is_16_bit(rounded) and not is_16_bit(half) and half.dtype == torch.float32
 
+
+
+def test_a_model_that_scales_its_logits_keeps_its_own_forward(amnesia):
+    """Gemma 2 caps and Cohere scales the output layer's scores in their forward; the float32 output layer would skip it."""
+
+    class ScaledLogits(FixedLogits):
+        config = types.SimpleNamespace(logit_scale=2.0)
+
+        def forward(self, input_ids, attention_mask, logits_to_keep=0, past_key_values=None):
+            return type("Output", (), {"logits": 2 * super().forward(input_ids, attention_mask, logits_to_keep).logits})()
+
+    logits = torch.randn(1, 4, 6)
+    batch = with_ids({"labels": torch.tensor([[amnesia.IGNORE, amnesia.IGNORE, 3, 5]]), "attention_mask": None})
+    plain, labels = amnesia.labelled_logits(FixedLogits(logits), batch)
+    scaled, _ = amnesia.labelled_logits(ScaledLogits(logits), batch)
+    assert torch.equal(plain, logits[:, 1:3]) and labels.tolist() == [[3, 5]]
+    assert torch.equal(scaled, 2 * logits[:, 1:3])
 
 def test_the_loop_targets_come_from_float32_weights(amnesia, bundled):
     """A reference kept in half precision does not compute the targets: the float32 model does, before its first step."""
