@@ -505,6 +505,41 @@ def test_the_loop_targets_come_from_float32_weights(amnesia, bundled):
     assert amnesia.target_source(model, full) is full  # the same weights in the same precision: the reference's own
 
 
+def test_a_half_precision_reference_is_copied_straight_into_16_bits(amnesia, bundled):
+    """No float32 copy of the weights on the way to the 16-bit reference (on TinyLlama it would briefly be a third
+    copy of the model); the copy holds the same values rounded, frozen, with its tied weights still tied."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    model, _ = bundled
+    large = max(p.numel() for p in model.parameters()) // 2
+    weight_storage = {p.untyped_storage().data_ptr() for p in model.parameters()}  # views of the weights cost nothing
+
+    class LargeFloat32Results(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for tensor in result if isinstance(result, (tuple, list)) else [result]:
+                if (isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32 and tensor.numel() >= large
+                        and tensor.untyped_storage().data_ptr() not in weight_storage):
+                    self.ops.append(str(func))
+            return result
+
+    with LargeFloat32Results() as watched:
+        half = amnesia.make_frozen_reference(model, amnesia.resolve_precision("cpu", "bfloat16"))
+    assert watched.ops == []
+    pairs = list(zip(model.named_parameters(), half.named_parameters()))
+    assert pairs and all(name == copy_name for (name, _), (copy_name, _) in pairs)
+    assert all(q.dtype == torch.bfloat16 and not q.requires_grad and q.data_ptr() != p.data_ptr()
+               and torch.equal(q, p.detach().to(torch.bfloat16)) for (_, p), (_, q) in pairs)
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert (half.get_output_embeddings().weight is half.get_input_embeddings().weight) == tied
+    full = amnesia.make_frozen_reference(model)
+    assert all(q.dtype == torch.float32 and torch.equal(q, p) and q.data_ptr() != p.data_ptr()
+               for p, q in zip(model.parameters(), full.parameters()))
+
+
 def test_middle_mlp_trains_only_a_band_of_mlps(amnesia, fresh_model):
     params = amnesia.select_trainable(fresh_model, "middle-mlp")
     names = [n for n, p in fresh_model.named_parameters() if p.requires_grad]
