@@ -205,6 +205,31 @@ def test_the_t4_recipe_runs_on_the_cpu(amnesia, bundled, tiny_run, monkeypatch):
     assert {p.dtype for p in edited.parameters()} == {torch.float32}  # autocast: 16-bit arithmetic, float32 weights
 
 
+def test_the_loss_scaler_keeps_the_first_float16_updates(amnesia, bundled):
+    """The T4 recipe's first steps in float16 on the bundled model (emulated on a CPU, ~9 s a step here): once the first
+    update has pushed the forget answers away, ascent's gradients grow, and a scaler starting at torch's 2**16
+    overflows and skips the second update; the notebook's start applies all three."""
+    precision = amnesia.resolve_precision("cpu", "float16")
+    if precision.dtype != torch.float16:
+        pytest.skip("this torch cannot autocast to float16 on the CPU, and bfloat16 cannot overflow here")
+    model, tokenizer = bundled
+    edited = copy.deepcopy(model).requires_grad_(True)
+    pad = tokenizer.pad_token_id
+    forget = [amnesia.encode_chat_example(tokenizer, q, *amnesia.parse_marks(a))
+              for q, a in amnesia.HARRY_POTTER.forget_exchanges[:2]]
+    retain = [amnesia.encode_text_example(tokenizer, amnesia.RETAIN_TEXTS[0])]
+    batches = [amnesia.collate(examples, pad, "cpu") for examples in (forget, retain)]
+    targets = [torch.cat(amnesia.reference_logprobs_per_example(model, examples, pad, "cpu")) for examples in (forget, retain)]
+    settings = amnesia.LoopSettings(learning_rate=1e-4, retain_weight=5, max_steps=3, eval_every=10,
+                                    forget_loss="targeted_npo", precision="float16")
+    autocast, scaler = amnesia.precision_for("cpu", precision)
+    optimizer = amnesia.adamw(edited.parameters(), settings.learning_rate)
+    steps = [amnesia.training_step(edited, optimizer, batches[0], targets[0], batches[1], targets[1], settings, autocast,
+                                   scaler) for _ in range(3)]
+    assert [step["skipped"] for step in steps] == [False] * 3
+    assert steps[0]["forget_loss"] < steps[1]["forget_loss"] < steps[2]["forget_loss"]
+
+
 def test_the_original_is_rebuilt_exactly_after_training(amnesia, bundled, tiny_run):
     """The ablation's start and the widget's 'original' equal the model before training, whatever the reference's precision."""
     model, _ = bundled
