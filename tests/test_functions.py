@@ -506,8 +506,8 @@ def test_the_loop_targets_come_from_float32_weights(amnesia, bundled):
 
 
 def test_a_half_precision_reference_is_copied_straight_into_16_bits(amnesia, bundled):
-    """No float32 copy of the weights on the way to the 16-bit reference (on TinyLlama it would briefly be a third
-    copy of the model); the copy holds the same values rounded, frozen, with its tied weights still tied."""
+    """No float32 copy of the weights on the way to the 16-bit reference (on TinyLlama it would briefly hold the model
+    twice in float32); the copy holds the same values rounded, frozen, with its tied weights still tied."""
     from torch.utils._python_dispatch import TorchDispatchMode
     model, _ = bundled
     large = max(p.numel() for p in model.parameters()) // 2
