@@ -33,6 +33,8 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --retain-batch 8 --show-lost
     # the default, each forget probe's candidates scored on the original and the kept weights (what moved, what stayed):
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --candidates
+    # the default, each probe also scored with no question (what the question adds, before and after):
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --prior
     # the states at the topic's name and after it, in the questions that name it, pulled to the name-swapped ones':
     python benchmarks/forgetting_experiments.py swap-state --more-retain --lr 3e-4 --candidates
     # ... added to the default's targeted NPO, with weight 0.3:
@@ -536,6 +538,8 @@ def main():
                         "keywords and 'Potter' in the own answers")
     parser.add_argument("--candidates", action="store_true", help="score every forget probe's candidates on the original "
                         "and on the kept weights, both halves (reported only: nothing is decided on them)")
+    parser.add_argument("--prior", action="store_true", help="score every probe's candidates with no question too "
+                        "(answer_prior_scores), on the original and the kept weights, and count by the question's lift")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-lost", action="store_true", help="print, for each evaluation point, the tuning probes "
                         "whose answer lost its keyword, with the answer")
@@ -673,6 +677,18 @@ def main():
             before = data["baseline" if half == "tuning" else "test_before"]["sets"]["forget"]["likelihood_scores"]
             lines = candidate_lines(probes, before, amnesia.likelihood_scores(unlearned[-1], tokenizer, probes), half)
             print("\n".join(lines), flush=True)
+    if args.prior:  # reported only: what the likelihood figures can bear once the answers' own likelihood is removed
+        tokenizer, original, kept = data["tokenizer"], data["reference"], unlearned[-1]
+        for half in ("tuning", "test"):
+            for name, probes in data[half].items():
+                before = data["baseline" if half == "tuning" else "test_before"]["sets"][name]["likelihood_scores"]
+                after = amnesia.likelihood_scores(kept, tokenizer, probes)
+                counts = amnesia.prior_counts(probes, before, after, amnesia.answer_prior_scores(original, tokenizer, probes),
+                                              amnesia.answer_prior_scores(kept, tokenizer, probes))
+                for kind, c in counts.items():
+                    print(f"{half:6s} {name:9s} {kind:10s} preferred at the kept step {c['preferred_without_question'][1]}, "
+                          f"of which with no question too {c['preferred_without_question'][0]}; linked by the question's "
+                          f"lift: {c['linked_by_question'][1]} on the original, still {c['linked_by_question'][0]}", flush=True)
     if cosines:
         print("cosine of the forget and retain-answer gradients, per step:", " ".join(f"{c:+.2f}" for c in cosines),
               flush=True)

@@ -100,6 +100,11 @@ def test_test_half_forgets_and_keeps_at_least_what_the_sweep_reached(run):
     assert [sum(column) for column in zip(*by_marks.values())] == test["forget"]["likelihood"], by_marks
     shifts = metrics["test"]["forget_true_answer_shifts"]  # and by whether their true answer's score fell
     assert [len(shifts["still preferred"]), len(shifts["still preferred"]) + len(shifts["lost"])] == test["forget"]["likelihood"]
+    prior = metrics["test"]["forget_prior_counts"]  # the forget facts still preferred, by kind, as the likelihood counts
+    for kind, counts in prior.items():
+        assert counts["preferred_without_question"][1] == metrics["test"]["forget_by_kind"][kind]["likelihood"][0], kind
+        assert counts["preferred_without_question"][0] <= counts["preferred_without_question"][1]
+        assert 0 <= counts["linked_by_question"][0] <= counts["linked_by_question"][1] > 0, (kind, counts)
 
 
 def test_baseline_verdict_marks_and_live_log_are_shown(run):
@@ -114,6 +119,7 @@ def test_baseline_verdict_marks_and_live_log_are_shown(run):
     assert "TEST HALF (reported only" in text and "forget    unseen" in text
     assert "by how much of the true answer the forget set marks: no marked token" in text
     assert "the true answer's log-probability per token, median change: still preferred" in text
+    assert "by what the question adds (likelihood minus the answer's own, with no question)" in text
     assert "--- neighbour probes" in text  # the before/after table
 
 

@@ -109,6 +109,38 @@ def test_true_answer_shifts_split_what_fell_from_what_stayed_and_skip_what_was_n
     assert "none measured" in amnesia.shift_line({"still preferred": [], "lost": []})
 
 
+def test_prior_counts_count_answers_that_win_alone_and_facts_the_question_links(amnesia):
+    probe = lambda kind: amnesia.Probe("q", (), "a", ("b", "c"), kind)
+    probes = [probe("unseen"), probe("unseen"), probe("unseen"), probe("paraphrase")]
+    before = [[-1.0, -2.0, -2.0], [-1.0, -2.0, -2.0], [-3.0, -1.0, -2.0], [-1.0, -3.0, -3.0]]
+    after = [[-1.0, -2.0, -2.0], [-1.0, -2.0, -2.0], [-3.0, -1.0, -2.0], [-4.0, -3.0, -3.0]]
+    # probe 0 wins with no question too (its question lifts the distractors more); probe 1 only after its question;
+    # probe 2 was never preferred but the question lifts its true answer most; probe 3 (a paraphrase) was lost
+    prior = [[-1.0, -2.5, -2.5], [-3.0, -1.0, -1.0], [-5.0, -1.0, -2.0], [-2.0, -2.0, -2.0]]
+    assert amnesia.question_lift(before, prior)[1] == [2.0, -1.0, -1.0]
+    counts = amnesia.prior_counts(probes, before, after, prior, prior)
+    assert counts["unseen"] == {"preferred_without_question": [1, 2], "linked_by_question": [2, 2]}
+    assert counts["paraphrase"] == {"preferred_without_question": [0, 0], "linked_by_question": [0, 1]}
+    prior_after = [[-1.0, -2.5, -2.5], [-0.5, -2.0, -2.0], [-5.0, -1.0, -2.0], [-2.0, -2.0, -2.0]]
+    assert amnesia.prior_counts(probes, before, after, prior, prior_after)["unseen"] == {
+        "preferred_without_question": [2, 2], "linked_by_question": [1, 2]}  # probe 1's lift is gone once it wins alone
+    line = amnesia.prior_line(counts)
+    assert "still linked: paraphrase 0/1, unseen 2/2; of the 2 forget facts still preferred, 1 are preferred with no" in line
+    assert "no forget probes" in amnesia.prior_line(amnesia.prior_counts([], [], [], [], []))
+
+
+def test_answer_prior_scores_do_not_read_the_question(amnesia, bundled):
+    model, tokenizer = bundled
+    first = amnesia.HARRY_POTTER.forget_probes[0]
+    probes = [first, amnesia.dataclasses.replace(first, question="What is the capital of France?")]
+    prior = amnesia.answer_prior_scores(model, tokenizer, probes)
+    assert max(abs(a - b) for a, b in zip(*prior)) < 1e-4  # the same candidates, whatever was asked
+    alone = [amnesia.likelihood_scores(model, tokenizer, [amnesia.dataclasses.replace(first, question=q)])[0]
+             for q in amnesia.CONTENT_FREE_QUESTIONS]
+    assert max(abs(p - sum(column) / len(column)) for p, column in zip(prior[0], zip(*alone))) < 1e-4
+    assert max(abs(a - b) for a, b in zip(prior[0], amnesia.likelihood_scores(model, tokenizer, [first])[0])) > 0.05
+
+
 def test_likelihood_scores_are_the_whole_exchange_scores_true_answer_first(amnesia, bundled):
     model, tokenizer = bundled
     probes = list(amnesia.HARRY_POTTER.forget_probes[:4]) + list(amnesia.GENERAL_PROBES[:2])

@@ -325,6 +325,14 @@ def test_the_professors_answers_read_the_numbers(amnesia):
     assert "median of -0.10 nats per token, the lost ones by -3.75" in moved and "did not fade as a whole" in moved
     metrics["test"]["forget_true_answer_shifts"]["still preferred"] = [-1.5, -1.2]
     assert "weakened as a whole" in dict(amnesia.professor_answers(metrics))[topic_question]
+    assert "with no question" not in answers[topic_question]  # nor without the question's lift
+    lifted = lambda still, was: {"unseen": {"linked_by_question": [still, was], "preferred_without_question": [3, 8]}}
+    for (still, was), conclusion in (((6, 6), "those links survived"), ((4, 6), "some links went, most stayed"),
+                                     ((1, 6), "most of those links went")):
+        metrics["test"]["forget_prior_counts"] = lifted(still, was)
+        answer = dict(amnesia.professor_answers(metrics))[topic_question]
+        assert f"linked {was} of the facts never trained on to their question; {still} still are" in answer
+        assert conclusion in answer
 
 
 def test_the_ablation_is_compared_at_the_same_step_and_at_the_same_forget_score(amnesia):
