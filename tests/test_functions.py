@@ -125,7 +125,7 @@ def test_prior_counts_count_answers_that_win_alone_and_facts_the_question_links(
     assert amnesia.prior_counts(probes, before, after, prior, prior_after)["unseen"] == {
         "preferred_without_question": [2, 2], "linked_by_question": [1, 2]}  # probe 1's lift is gone once it wins alone
     line = amnesia.prior_line(counts)
-    assert "still linked: paraphrase 0/1, unseen 2/2; of the 2 forget facts still preferred, 1 are preferred with no" in line
+    assert "still linked: paraphrase 0/1, unseen 2/2; forget facts still preferred that win with no question at all: 1/2" in line
     assert "no forget probes" in amnesia.prior_line(amnesia.prior_counts([], [], [], [], []))
 
 
