@@ -1,4 +1,5 @@
 """Unit tests of the notebook's functions, without running the demo."""
+import json
 import types
 
 import pytest
@@ -638,3 +639,25 @@ def test_safety_report_draws_a_model_whose_answers_have_no_perplexity(amnesia):
     assert fluency_axis.get_ylim() == (0, 6.0)  # three times the first finite fluency
     history["evals"] = [dict(e, fluency=float("inf")) for e in evals]  # no finite point at all: no limits set, no error
     amnesia.plot_safety_report(history, "report")
+
+
+def test_retain_answers_are_generated_once_and_the_cache_is_replaced_whole(amnesia, tmp_path, monkeypatch):
+    """The cache is written beside its final name and moved into place, so a second process never reads half a file;
+    questions already cached are not generated again."""
+    asked = []
+
+    def fake_generate(model, tokenizer, questions, max_new_tokens):
+        asked.append(list(questions))
+        return [f"answer to {q}" for q in questions]
+
+    monkeypatch.setattr(amnesia, "generate_answers", fake_generate)
+    written, write_text = [], amnesia.Path.write_text
+    monkeypatch.setattr(amnesia.Path, "write_text", lambda path, *a, **k: written.append(path.name) or write_text(path, *a, **k))
+    cache = tmp_path / "cache" / "retain.json"
+    first = amnesia.on_policy_answers(None, None, ["A?", "B?"], cache)
+    again = amnesia.on_policy_answers(None, None, ["B?", "C?"], cache)
+    assert first == [("A?", "answer to A?"), ("B?", "answer to B?")] and again == [("B?", "answer to B?"), ("C?", "answer to C?")]
+    assert asked == [["A?", "B?"], ["C?"]]  # B was read from the cache
+    assert len(written) == 2 and "retain.json" not in written  # never written in place
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["retain.json"]  # and no partial file left behind
+    assert set(json.loads(cache.read_text())) == {"A?", "B?", "C?"}
