@@ -39,6 +39,9 @@ test figures.
     python benchmarks/forgetting_experiments.py swap-state --more-retain --lr 3e-4 --candidates
     # ... added to the default's targeted NPO, with weight 0.3:
     python benchmarks/forgetting_experiments.py more-retain --state-weight 0.3 --lr 1e-4 --candidates
+    # task-vector negation: fine-tune a copy on the marked tokens, subtract lambda times the change, lambda chosen on
+    # the tuning half among --lambdas:
+    python benchmarks/forgetting_experiments.py negation --more-retain --candidates
 """
 import argparse
 import copy
@@ -281,6 +284,43 @@ def generic_logprobs(base, boosted, alpha):
     return torch.log_softmax(base - alpha * torch.relu(boosted - base), -1)
 
 
+def marked_only(amnesia, examples):
+    """The forget examples with only their marked tokens labelled: what a fine-tuning on the topic's facts reads."""
+    return [{**e, "labels": [t if m else amnesia.IGNORE for t, m in zip(e["labels"], e["marks"])]} for e in examples]
+
+
+def task_vector(reference, fine_tuned):
+    """Ilharco et al. 2023 ("Editing models with task arithmetic"): what fine-tuning changed, weight by weight."""
+    return [f.detach() - r.detach() for r, f in zip(reference.parameters(), fine_tuned.parameters())]
+
+
+def negate(model, reference, vector, scale):
+    """Set `model` to the reference's weights minus `scale` times the task vector (negation forgets the task)."""
+    with torch.no_grad():
+        for param, base, change in zip(model.parameters(), reference.parameters(), vector):
+            param.copy_(base - scale * change)
+    return model
+
+
+def choose_negation(amnesia, data, vector, scales, rules):
+    """Measure the TUNING half at each scale; keep the one the loop's checkpoint rule would keep (retention within
+    tolerance, then the most forgotten tuning scores), 0 (the original) if none is within tolerance. Returns the
+    chosen scale, the model at it and every point."""
+    model, points = copy.deepcopy(data["reference"]), []
+    best_scale, best_point = 0.0, data["baseline"]
+    for scale in scales:
+        negate(model, data["reference"], vector, scale)
+        point = amnesia.add_scores(amnesia.measure(model, data["reference"], data["tokenizer"], data["watched"],
+                                                   data["tuning"], data["heldout"], data["baseline"]), data["baseline"])
+        problems = amnesia.retention_problems(point, data["baseline"], rules)
+        points.append((scale, point, problems))
+        print(amnesia.format_point(0, 0, float("nan"), point, data["watched"]).replace("step    0/0: forget loss    nan",
+              f"lambda {scale:g}"), "| out of tolerance: " + ("; ".join(problems) or "nothing"), flush=True)
+        if not problems and amnesia.forget_rank(point) < amnesia.forget_rank(best_point):
+            best_scale, best_point = scale, point
+    return best_scale, negate(model, data["reference"], vector, best_scale), points
+
+
 def steer_where_marked(amnesia):
     """Make the loaded notebook's RMU loss steer the tokens of each example's `steer` mask (its collate pads the mask)."""
     collate, hidden_of = amnesia.collate, amnesia.layer_output
@@ -502,13 +542,61 @@ def lost_answers(history, probe_sets):
     return lines
 
 
+def negation(amnesia, data, args):
+    """The `negation` variant: a copy fine-tuned on the forget exchanges (their marked tokens unless --reinforce-all),
+    its task vector subtracted at each of --lambdas, the scale chosen on the tuning half, the test half reported."""
+    import time
+
+    import transformers
+
+    transformers.set_seed(args.seed)
+    started = time.time()
+    examples = data["forget"] if args.reinforce_all else marked_only(amnesia, data["forget"])
+    fine_tuned = reinforced_model(amnesia, data["reference"], examples, data["tokenizer"].pad_token_id,
+                                  args.reinforce_steps, args.reinforce_lr)
+    vector = task_vector(data["reference"], fine_tuned)
+    del fine_tuned
+    norm = torch.sqrt(sum((v.float() ** 2).sum() for v in vector)).item()
+    print(f"task vector: {args.reinforce_steps} steps at {args.reinforce_lr:g} on "
+          f"{'every answer token' if args.reinforce_all else 'the marked tokens'}, norm {norm:.4f}", flush=True)
+    scales = [float(x) for x in args.lambdas.split(",")]
+    scale, model, points = choose_negation(amnesia, data, vector, scales, amnesia.StopRules())
+    seconds = time.time() - started
+    after = amnesia.add_scores(amnesia.measure(model, data["reference"], data["tokenizer"], data["watched"], data["test"],
+                                               data["heldout"], data["test_before"]), data["test_before"])
+    by_kind = {kind: amnesia.kind_counts(after, data["test"]["forget"], data["test_before"], kind)
+               for kind in ("paraphrase", "unseen")}
+    if args.candidates:
+        for half in ("tuning", "test"):
+            probes = data[half]["forget"]
+            before = data["baseline" if half == "tuning" else "test_before"]["sets"]["forget"]["likelihood_scores"]
+            print("\n".join(candidate_lines(probes, before, amnesia.likelihood_scores(model, data["tokenizer"], probes), half)),
+                  flush=True)
+    result = {"chosen_lambda": scale, "seconds": seconds,
+              "tuning": {f"{s:g}": {**p["counts"], "out_of_tolerance": problems} for s, p, problems in points},
+              "test": {name: {m: list(after["counts"][name][m]) for m in sweep.MEASURES} for name in after["counts"]},
+              "test_forget_by_kind": {k: {m: list(v[m]) for m in sweep.MEASURES} for k, v in by_kind.items()},
+              "fluency_ratio": after["fluency"] / data["test_before"]["fluency"],
+              "accuracy_change": after["retain_accuracy"] - data["test_before"]["retain_accuracy"],
+              "watched_after": after["watched_answers"]}
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1))
+    print(json.dumps({key: result[key] for key in ("chosen_lambda", "seconds", "test", "test_forget_by_kind",
+                                                   "fluency_ratio", "accuracy_change", "watched_after")}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark", "reinforced", "more-retain",
-                                            "swap-state"))
+                                            "swap-state", "negation"))
     parser.add_argument("--alpha", type=float, default=5.0, help="reinforced: how much of the reinforced boost is taken away")
     parser.add_argument("--reinforce-steps", type=int, default=12, help="reinforced: fine-tuning steps of the reinforced "
                         "model (batches of 8 forget exchanges: 3 passes over 32)")
+    parser.add_argument("--lambdas", default="0.5,1,2,3,4,6,8", help="negation: the scales of the task vector tried")
+    parser.add_argument("--reinforce-lr", type=float, default=5e-5, help="reinforced, negation: learning rate of the "
+                        "fine-tuned copy")
+    parser.add_argument("--reinforce-all", action="store_true", help="negation: fine-tune on every answer token, not "
+                        "only the marked ones")
     parser.add_argument("--names-only", action="store_true",
                         help="more-facts: mark only the names in the added answers (marks with a capitalised word)")
     parser.add_argument("--words", nargs="*", default=["J.K."], help="unmark: the words to leave unmarked")
@@ -634,7 +722,8 @@ def main():
               f"weight {args.state_weight} on their states at layer {layer}", flush=True)
     if args.variant == "reinforced":  # the loop's name-swap-teacher path, with the generic prediction as its teacher
         loss, pad_id = "name_swap_teacher", data["tokenizer"].pad_token_id
-        reinforced = reinforced_model(amnesia, data["reference"], data["forget"], pad_id, args.reinforce_steps, 5e-5)
+        reinforced = reinforced_model(amnesia, data["reference"], data["forget"], pad_id, args.reinforce_steps,
+                                      args.reinforce_lr)
         teachers, own_logprobs = generic_teachers(amnesia, data["reference"], reinforced, data["forget"], pad_id, args.alpha)
         del reinforced
         labels = [torch.tensor([t for t in e["labels"] if t != amnesia.IGNORE]) for e in data["forget"]]
@@ -646,6 +735,9 @@ def main():
               f"{own[is_marked].mean():.3f} -> {taught[is_marked].mean():.3f}, unmarked {own[~is_marked].mean():.3f} -> "
               f"{taught[~is_marked].mean():.3f}", flush=True)
         amnesia.name_swap_teacher = lambda reference, examples, pad_id, device: [t.to(device) for t in teachers]
+    if args.variant == "negation":  # no loop: fine-tune, subtract, choose the scale on the tuning half
+        negation(amnesia, data, args)
+        return
     if args.retain_batch:
         loop_settings = amnesia.LoopSettings
         amnesia.LoopSettings = lambda **values: loop_settings(**values, retain_batch_size=args.retain_batch)

@@ -81,6 +81,21 @@ def test_the_reinforced_model_is_a_fine_tuned_copy_and_the_reference_stays(amnes
     assert not any(p.requires_grad for p in reinforced.parameters())
 
 
+def test_negation_subtracts_the_scaled_task_vector_and_fine_tunes_only_the_marked_tokens(amnesia):
+    torch.manual_seed(0)
+    reference, fine_tuned, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    vector = experiments.task_vector(reference, fine_tuned)
+    assert all(torch.equal(v, f - r) for v, f, r in zip(vector, fine_tuned.parameters(), reference.parameters()))
+    experiments.negate(model, reference, vector, 0.0)
+    assert all(torch.equal(m, r) for m, r in zip(model.parameters(), reference.parameters()))  # scale 0: the original
+    experiments.negate(model, reference, vector, 2.0)
+    assert all(torch.allclose(m, 3 * r - 2 * f) for m, r, f in zip(model.parameters(), reference.parameters(),
+                                                                    fine_tuned.parameters()))  # away from the task
+    example = {"input_ids": [5, 6, 7, 8], "labels": [amnesia.IGNORE, 6, 7, 8], "marks": [0, 0, 1, 0]}
+    assert experiments.marked_only(amnesia, [example])[0]["labels"] == [amnesia.IGNORE, amnesia.IGNORE, 7, amnesia.IGNORE]
+    assert example["labels"] == [amnesia.IGNORE, 6, 7, 8]  # the forget set itself is left as it was
+
+
 def test_the_later_retain_questions_close_the_notebooks_set_and_none_is_a_probe_or_held_out_question(amnesia):
     extra = [amnesia.normalise(q) for q in amnesia.OTHER_STORIES_QUESTIONS]
     retain = [amnesia.normalise(q) for q in amnesia.RETAIN_QUESTIONS]
