@@ -1,5 +1,5 @@
 """Converts the bundled model and caches the reference's answers to the retain questions, once, before `make test`
-starts its unit tests and its default notebook run side by side (two processes must not write one cache at once)."""
+runs the two halves of its unit tests side by side (two processes must not write one cache at once)."""
 import time
 
 from notebook_loader import load_notebook_functions
