@@ -42,6 +42,8 @@ test figures.
     # task-vector negation: fine-tune a copy on the marked tokens, subtract lambda times the change, lambda chosen on
     # the tuning half among --lambdas:
     python benchmarks/forgetting_experiments.py negation --more-retain --candidates
+    # the default training only the MLPs of layers 2 to 12 (where a subject's facts are recalled):
+    python benchmarks/forgetting_experiments.py more-retain --lr 3e-4 --mlp-layers 2-12 --show-lost
 """
 import argparse
 import copy
@@ -514,6 +516,18 @@ def without_embeddings(select_trainable):
     return select
 
 
+def mlp_band(amnesia, first, last):
+    """`select_trainable` that trains only the MLPs of decoder layers first..last (inclusive): where causal tracing
+    finds a subject's facts recalled (early and middle MLPs, Meng et al. 2022), away from the layers that write words."""
+    def select(model, trainable, *rest, **named):
+        model.requires_grad_(False)
+        for layer in amnesia.decoder_layers(model)[first:last + 1]:
+            layer.mlp.requires_grad_(True)
+        return [p for p in model.parameters() if p.requires_grad]
+
+    return select
+
+
 def candidate_lines(probes, before, after, half):
     """One line per probe the original preferred the true answer of: how the true answer and the distractors moved
     (nats per token), and the margin of the true answer over the best distractor before and after."""
@@ -614,6 +628,7 @@ def main():
                         "with the retain batch's own answers (any targeted variant)")
     parser.add_argument("--freeze-embeddings", action="store_true", help="train every weight but the token embeddings "
                         "(and so, tied, the output layer)")
+    parser.add_argument("--mlp-layers", default=None, help="train only the MLPs of these decoder layers, e.g. 2-12")
     parser.add_argument("--retain-batch", type=int, default=None, help="retain examples per step (the loop's "
                         "default: 4)")
     parser.add_argument("--overlap", action="store_true", help="group the forget probes of both halves by how much of "
@@ -743,6 +758,9 @@ def main():
         amnesia.LoopSettings = lambda **values: loop_settings(**values, retain_batch_size=args.retain_batch)
     if args.freeze_embeddings:
         amnesia.select_trainable = without_embeddings(amnesia.select_trainable)
+    if args.mlp_layers:
+        first, last = (int(x) for x in args.mlp_layers.split("-"))
+        amnesia.select_trainable = mlp_band(amnesia, first, last)
     cosines = []
     if args.project:
         amnesia.training_step = projected_training_step(amnesia, cosines)

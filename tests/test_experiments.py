@@ -190,6 +190,15 @@ def test_without_embeddings_freezes_the_tied_embeddings_and_nothing_else(amnesia
     assert len(selected) == len(others) and all(p.requires_grad for p in others)
 
 
+def test_an_mlp_band_trains_the_mlps_of_those_layers_and_nothing_else(amnesia, fresh_model):
+    selected = experiments.mlp_band(amnesia, 2, 4)(fresh_model, "all")
+    layers = amnesia.decoder_layers(fresh_model)
+    wanted = [p for layer in layers[2:5] for p in layer.mlp.parameters()]
+    assert len(selected) == len(wanted) == 9 and all(a is b for a, b in zip(selected, wanted))
+    trainable = [p for p in fresh_model.parameters() if p.requires_grad]
+    assert len(trainable) == len(selected) and all(a is b for a, b in zip(trainable, selected))
+
+
 def test_spare_function_words_pushes_the_names_and_holds_the_words_between_them(amnesia):
     spare = experiments.spare_function_words
     assert spare("The series starts with Harry [Potter and the Philosopher's Stone].") == \
