@@ -44,6 +44,8 @@ test figures.
     python benchmarks/forgetting_experiments.py negation --more-retain --candidates
     # the default training only the MLPs of layers 2 to 12 (where a subject's facts are recalled):
     python benchmarks/forgetting_experiments.py more-retain --lr 3e-4 --mlp-layers 2-12 --show-lost
+    # the default with another NPO beta:
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --beta 0.3
 """
 import argparse
 import copy
@@ -628,6 +630,7 @@ def main():
                         "with the retain batch's own answers (any targeted variant)")
     parser.add_argument("--freeze-embeddings", action="store_true", help="train every weight but the token embeddings "
                         "(and so, tied, the output layer)")
+    parser.add_argument("--beta", type=float, default=None, help="NPO's beta (default: the notebook's)")
     parser.add_argument("--mlp-layers", default=None, help="train only the MLPs of these decoder layers, e.g. 2-12")
     parser.add_argument("--retain-batch", type=int, default=None, help="retain examples per step (the loop's "
                         "default: 4)")
@@ -659,6 +662,8 @@ def main():
         parser.error("swap-state trains the state term alone; --state-weight adds it to another variant's loss")
     amnesia = sweep.load_notebook_functions()
     defaults = sweep.notebook_defaults(amnesia)
+    if args.beta is not None:
+        defaults["NPO_BETA"] = args.beta
     steps = args.steps or (70 if args.variant == "longer" else int(defaults["MAX_STEPS"]))
     if args.variant == "more-facts":
         more = tuple((q, names_only(a)) for q, a in MORE_HARRY_POTTER_EXCHANGES) if args.names_only else MORE_HARRY_POTTER_EXCHANGES
