@@ -318,8 +318,9 @@ def choose_negation(amnesia, data, vector, scales, rules):
                                                    data["tuning"], data["heldout"], data["baseline"]), data["baseline"])
         problems = amnesia.retention_problems(point, data["baseline"], rules)
         points.append((scale, point, problems))
-        print(amnesia.format_point(0, 0, float("nan"), point, data["watched"]).replace("step    0/0: forget loss    nan",
-              f"lambda {scale:g}"), "| out of tolerance: " + ("; ".join(problems) or "nothing"), flush=True)
+        scores, *answers = amnesia.format_point(0, 0, 0.0, point, data["watched"]).splitlines()
+        print("\n".join([f"lambda {scale:g} | {scores.split(' | ', 1)[1]} | out of tolerance: "
+                         f"{'; '.join(problems) or 'nothing'}", *answers]), flush=True)
         if not problems and amnesia.forget_rank(point) < amnesia.forget_rank(best_point):
             best_scale, best_point = scale, point
     return best_scale, negate(model, data["reference"], vector, best_scale), points
@@ -545,6 +546,16 @@ def candidate_lines(probes, before, after, half):
     return lines
 
 
+def print_candidates(amnesia, data, model):
+    """candidate_lines of both halves' forget probes: the original's scores are its step-0 measurements, `model`'s are
+    scored here (reported only)."""
+    for half in ("tuning", "test"):
+        probes = data[half]["forget"]
+        before = data["baseline" if half == "tuning" else "test_before"]["sets"]["forget"]["likelihood_scores"]
+        lines = candidate_lines(probes, before, amnesia.likelihood_scores(model, data["tokenizer"], probes), half)
+        print("\n".join(lines), flush=True)
+
+
 def lost_answers(history, probe_sets):
     """For each evaluation point after step 0, the tuning probes known at step 0 whose answer has lost its keyword, with
     that answer: what a run costs, in the model's own words."""
@@ -578,23 +589,11 @@ def negation(amnesia, data, args):
     scales = [float(x) for x in args.lambdas.split(",")]
     scale, model, points = choose_negation(amnesia, data, vector, scales, amnesia.StopRules())
     seconds = time.time() - started
-    after = amnesia.add_scores(amnesia.measure(model, data["reference"], data["tokenizer"], data["watched"], data["test"],
-                                               data["heldout"], data["test_before"]), data["test_before"])
-    by_kind = {kind: amnesia.kind_counts(after, data["test"]["forget"], data["test_before"], kind)
-               for kind in ("paraphrase", "unseen")}
     if args.candidates:
-        for half in ("tuning", "test"):
-            probes = data[half]["forget"]
-            before = data["baseline" if half == "tuning" else "test_before"]["sets"]["forget"]["likelihood_scores"]
-            print("\n".join(candidate_lines(probes, before, amnesia.likelihood_scores(model, data["tokenizer"], probes), half)),
-                  flush=True)
+        print_candidates(amnesia, data, model)
     result = {"chosen_lambda": scale, "seconds": seconds,
               "tuning": {f"{s:g}": {**p["counts"], "out_of_tolerance": problems} for s, p, problems in points},
-              "test": {name: {m: list(after["counts"][name][m]) for m in sweep.MEASURES} for name in after["counts"]},
-              "test_forget_by_kind": {k: {m: list(v[m]) for m in sweep.MEASURES} for k, v in by_kind.items()},
-              "fluency_ratio": after["fluency"] / data["test_before"]["fluency"],
-              "accuracy_change": after["retain_accuracy"] - data["test_before"]["retain_accuracy"],
-              "watched_after": after["watched_answers"]}
+              **sweep.test_figures(amnesia, data, model)}
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1))
     print(json.dumps({key: result[key] for key in ("chosen_lambda", "seconds", "test", "test_forget_by_kind",
@@ -658,6 +657,8 @@ def main():
                         "(the notebook divides the term by the steer's squared length, so a longer one pulls less hard)")
     parser.add_argument("--output", default=None, help="JSON file for the whole result (default: none)")
     args = parser.parse_args()
+    if args.mlp_layers and not re.fullmatch(r"\d+-\d+", args.mlp_layers):
+        parser.error(f"--mlp-layers {args.mlp_layers!r}: write FIRST-LAST, e.g. 2-12")
     if args.variant == "swap-state" and args.state_weight:
         parser.error("swap-state trains the state term alone; --state-weight adds it to another variant's loss")
     amnesia = sweep.load_notebook_functions()
@@ -785,13 +786,8 @@ def main():
             counts = amnesia.marked_share_counts(tokenizer, data["forget"], data[half]["forget"], before, after)
             print(f"{half} half, forget probes still preferred at the kept step, by how much of the true answer the "
                   "forget set marks: " + ", ".join(f"{group} {k}/{n}" for group, (k, n) in counts.items()), flush=True)
-    if args.candidates:  # the original's scores are its step-0 measurements; the kept weights are in the loop's model
-        tokenizer = data["tokenizer"]
-        for half in ("tuning", "test"):
-            probes = data[half]["forget"]
-            before = data["baseline" if half == "tuning" else "test_before"]["sets"]["forget"]["likelihood_scores"]
-            lines = candidate_lines(probes, before, amnesia.likelihood_scores(unlearned[-1], tokenizer, probes), half)
-            print("\n".join(lines), flush=True)
+    if args.candidates:  # the kept weights are in the loop's model
+        print_candidates(amnesia, data, unlearned[-1])
     if args.prior:  # reported only: what the likelihood figures can bear once the answers' own likelihood is removed
         tokenizer, original, kept = data["tokenizer"], data["reference"], unlearned[-1]
         for half in ("tuning", "test"):

@@ -147,10 +147,7 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
     history = amnesia.run_unlearning(model, data["reference"], loop_data, settings)
     loop_seconds = time.time() - started
     kept = next(e for e in history["evals"] if e["step"] == history["kept_step"])
-    after = amnesia.add_scores(amnesia.measure(model, data["reference"], data["tokenizer"], data["watched"], data["test"],
-                                               data["heldout"], data["test_before"]), data["test_before"])
-    by_kind = {kind: amnesia.kind_counts(after, data["test"]["forget"], data["test_before"], kind)
-               for kind in ("paraphrase", "unseen")}
+    tested = test_figures(amnesia, data, model)
     attacks = None
     if attack_steps:  # section 8 of the notebook, on the kept weights (a LoRA row merged, as the notebook does)
         attacks = amnesia.run_attacks(model, data["reference"], data["tokenizer"], trainable_params, original_weights,
@@ -163,8 +160,17 @@ def run_row(amnesia, data, loss, retain_weight, learning_rate, seed, defaults, m
             "kept_step": history["kept_step"], "learning_rate": settings.learning_rate, "stop_reason": history["stop_reason"], "loop_seconds": loop_seconds,
             "eval_seconds": history["eval_seconds"],
             "tuning": {name: kept["scores"][name] for name in kept["scores"]},
-            "tuning_last": {"step": history["evals"][-1]["step"], **history["evals"][-1]["counts"]},
-            "test": {name: {m: list(after["counts"][name][m]) for m in MEASURES} for name in after["counts"]},
+            "tuning_last": {"step": history["evals"][-1]["step"], **history["evals"][-1]["counts"]}, **tested}
+
+
+def test_figures(amnesia, data, model):
+    """The TEST half measured once on `model` (reported only): k/n per set and measure, forget probes by kind, fluency
+    and held-out accuracy against the original, and the watched answers."""
+    after = amnesia.add_scores(amnesia.measure(model, data["reference"], data["tokenizer"], data["watched"], data["test"],
+                                               data["heldout"], data["test_before"]), data["test_before"])
+    by_kind = {kind: amnesia.kind_counts(after, data["test"]["forget"], data["test_before"], kind)
+               for kind in ("paraphrase", "unseen")}
+    return {"test": {name: {m: list(after["counts"][name][m]) for m in MEASURES} for name in after["counts"]},
             "test_forget_by_kind": {k: {m: list(v[m]) for m in MEASURES} for k, v in by_kind.items()},
             "fluency_ratio": after["fluency"] / data["test_before"]["fluency"],
             "accuracy_change": after["retain_accuracy"] - data["test_before"]["retain_accuracy"],
