@@ -154,3 +154,22 @@ def test_collateral_damage_stops_and_restores_the_original_weights(fresh_model, 
     assert history["kept_step"] == 0
     restored = fresh_model.state_dict()
     assert all(torch.equal(original[k], restored[k]) for k in original)
+
+
+def test_measuring_only_the_known_probes_scores_each_one_as_a_full_measurement_does(amnesia, bundled, tiny_data):
+    """The known probes of every set are scored in one pooled call; each score must come back to its own probe."""
+    model, tokenizer = bundled
+    full = tiny_data.baseline
+    known = copy.deepcopy(full)  # a fabricated original that knew a different subset in each set and measure
+    for i, result in enumerate(known["sets"].values()):
+        result["likelihood_hits"] = [(i + j) % 2 == 0 for j in range(len(result["likelihood_hits"]))]
+        result["keyword_hits"] = [(i + j) % 2 == 1 for j in range(len(result["keyword_hits"]))]
+    partial = amnesia.measure(model, model, tokenizer, tiny_data.watched, tiny_data.probe_sets, tiny_data.heldout_batch,
+                              only_known=known)
+    for name, result in partial["sets"].items():
+        for wanted, got, expected in zip(known["sets"][name]["likelihood_hits"], result["likelihood_scores"],
+                                         full["sets"][name]["likelihood_scores"]):
+            assert (got is None) != wanted
+            assert got is None or max(abs(a - b) for a, b in zip(got, expected)) < 1e-3
+        for wanted, got, expected in zip(known["sets"][name]["keyword_hits"], result["answers"], full["sets"][name]["answers"]):
+            assert got == expected if (wanted or name == "general") else got is None
