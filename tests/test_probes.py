@@ -157,7 +157,8 @@ def test_collateral_damage_stops_and_restores_the_original_weights(fresh_model, 
 
 
 def test_measuring_only_the_known_probes_scores_each_one_as_a_full_measurement_does(amnesia, bundled, tiny_data):
-    """The known probes of every set are scored in one pooled call; each score must come back to its own probe."""
+    """Only the probes the original knew are scored (the others get None), and each score and answer comes back to its
+    own probe: the same as measuring every probe."""
     model, tokenizer = bundled
     full = tiny_data.baseline
     known = copy.deepcopy(full)  # a fabricated original that knew a different subset in each set and measure
