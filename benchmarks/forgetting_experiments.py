@@ -46,6 +46,8 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --lr 3e-4 --mlp-layers 2-12 --show-lost
     # the default with another NPO beta:
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --beta 0.3
+    # concept erasure: the topic's mean-difference directions taken out of every residual write, chosen on the tuning half:
+    python benchmarks/forgetting_experiments.py erasure --more-retain --layers 8,15,22 --counts 1,4,8 --strengths 1,2
 """
 import argparse
 import copy
@@ -306,24 +308,74 @@ def negate(model, reference, vector, scale):
     return model
 
 
-def choose_negation(amnesia, data, vector, scales, rules):
-    """Measure the TUNING half at each scale; keep the one the loop's checkpoint rule would keep (retention within
-    tolerance, then the most forgotten tuning scores), 0 (the original) if none is within tolerance. Returns the
-    chosen scale, the model at it and every point."""
+def choose_on_tuning(amnesia, data, settings, apply, rules, label):
+    """Measure the TUNING half with `apply(model, setting)` at each setting; keep the one the loop's checkpoint rule
+    would keep (retention within tolerance, then the most forgotten tuning scores), None (the original) if none is
+    within tolerance. Returns the chosen setting, the model at it and every point."""
     model, points = copy.deepcopy(data["reference"]), []
-    best_scale, best_point = 0.0, data["baseline"]
-    for scale in scales:
-        negate(model, data["reference"], vector, scale)
+    best, best_point = None, data["baseline"]
+    for setting in settings:
+        apply(model, setting)
         point = amnesia.add_scores(amnesia.measure(model, data["reference"], data["tokenizer"], data["watched"],
                                                    data["tuning"], data["heldout"], data["baseline"]), data["baseline"])
         problems = amnesia.retention_problems(point, data["baseline"], rules)
-        points.append((scale, point, problems))
+        points.append((setting, point, problems))
         scores, *answers = amnesia.format_point(0, 0, 0.0, point, data["watched"]).splitlines()
-        print("\n".join([f"lambda {scale:g} | {scores.split(' | ', 1)[1]} | out of tolerance: "
+        print("\n".join([f"{label} {setting} | {scores.split(' | ', 1)[1]} | out of tolerance: "
                          f"{'; '.join(problems) or 'nothing'}", *answers]), flush=True)
         if not problems and amnesia.forget_rank(point) < amnesia.forget_rank(best_point):
-            best_scale, best_point = scale, point
-    return best_scale, negate(model, data["reference"], vector, best_scale), points
+            best, best_point = setting, point
+    if best is None:
+        model.load_state_dict(data["reference"].state_dict())
+    else:
+        apply(model, best)
+    return best, model, points
+
+
+def choose_negation(amnesia, data, vector, scales, rules):
+    """choose_on_tuning over the task vector's scales; 0 stands for the original."""
+    scale, model, points = choose_on_tuning(amnesia, data, scales, lambda m, s: negate(m, data["reference"], vector, s),
+                                            rules, "lambda")
+    return scale or 0.0, model, points
+
+
+@torch.inference_mode()
+def topic_directions(amnesia, model, forget, retain, pad_id, layer, count, batch_size=16):
+    """Concept erasure in its mean-difference form (Belrose et al. 2023, LEACE; Arditi et al. 2024 ablate one such
+    direction): at the output of decoder layer `layer`, each forget exchange's mean state over its answer tokens minus
+    the retain answers' mean state; the top `count` right singular vectors of those differences, orthonormal columns
+    of a (hidden, count) matrix. Reads training data only, no probe."""
+    def answer_means(examples):
+        means = []
+        for start in range(0, len(examples), batch_size):
+            batch = amnesia.collate(examples[start:start + batch_size], pad_id, model.device)
+            states = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           output_hidden_states=True).hidden_states[layer].float()
+            answer = (batch["labels"] != amnesia.IGNORE).unsqueeze(2).float()
+            means.append((states * answer).sum(1) / answer.sum(1))
+        return torch.cat(means)
+
+    differences = answer_means(forget) - answer_means(retain).mean(0)
+    return torch.linalg.svd(differences, full_matrices=False).Vh[:count].T
+
+
+def residual_writers(amnesia, model):
+    """Every weight that writes into the residual stream: the token embeddings (rows are states) and each layer's
+    attention and MLP output projections (columns are states)."""
+    return ([(model.get_input_embeddings().weight, "rows")] +
+            [(w, "columns") for layer in amnesia.decoder_layers(model)
+             for w in (layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight)])
+
+
+def erase_directions(amnesia, model, reference, directions, strength):
+    """Set `model` to the reference with the span of `directions` taken out of everything written into the residual
+    stream: W <- W - strength * D D^T W (strength 1: projected out; 2: reflected). The output layer shares the
+    embeddings on the bundled model, so its readout of those directions goes too."""
+    with torch.no_grad():
+        for (weight, kind), (base, _) in zip(residual_writers(amnesia, model), residual_writers(amnesia, reference)):
+            d = directions.to(base.dtype)
+            weight.copy_(base - strength * ((base @ d) @ d.T if kind == "rows" else d @ (d.T @ base)))
+    return model
 
 
 def steer_where_marked(amnesia):
@@ -600,14 +652,52 @@ def negation(amnesia, data, args):
                                                    "fluency_ratio", "accuracy_change", "watched_after")}))
 
 
+def erasure(amnesia, data, args):
+    """The `erasure` variant: the topic's directions (topic_directions) at each of --layers, the first --counts of them
+    erased at each of --strengths (erase_directions), the setting chosen on the tuning half, the test half reported."""
+    import time
+
+    started, pad_id = time.time(), data["tokenizer"].pad_token_id
+    counts, strengths = [int(x) for x in args.counts.split(",")], [float(x) for x in args.strengths.split(",")]
+    if args.contrast == "stories":  # the retain chats about other stories: the contrast is this story, not fiction
+        generated = amnesia.on_policy_answers(data["reference"], data["tokenizer"], amnesia.OTHER_STORIES_QUESTIONS,
+                                              data["cache_file"])
+        kept, _ = amnesia.drop_leaking_retain(generated, data["probes"], data["topic"].keywords)
+        chats = amnesia.encode_texts_and_chats(data["tokenizer"], (), kept)
+    else:  # every retain chat, as the forget set is chats: the contrast is the topic, not the format
+        chats = [e for e in data["retain"] if e["labels"][0] == amnesia.IGNORE]
+    print(f"directions: {len(data['forget'])} forget exchanges against {len(chats)} retain chats", flush=True)
+    directions = {layer: topic_directions(amnesia, data["reference"], data["forget"], chats, pad_id, layer,
+                                          max(counts)) for layer in (int(x) for x in args.layers.split(","))}
+    settings = [(layer, count, strength) for layer in directions for count in counts for strength in strengths]
+    chosen, model, points = choose_on_tuning(
+        amnesia, data, settings, lambda m, s: erase_directions(amnesia, m, data["reference"], directions[s[0]][:, :s[1]], s[2]),
+        amnesia.StopRules(), "layer, directions, strength")
+    seconds = time.time() - started
+    if args.candidates:
+        print_candidates(amnesia, data, model)
+    result = {"chosen": chosen, "seconds": seconds,
+              "tuning": {str(s): {**p["counts"], "out_of_tolerance": problems} for s, p, problems in points},
+              **sweep.test_figures(amnesia, data, model)}
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1))
+    print(json.dumps({key: result[key] for key in ("chosen", "seconds", "test", "test_forget_by_kind",
+                                                   "fluency_ratio", "accuracy_change", "watched_after")}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark", "reinforced", "more-retain",
-                                            "swap-state", "negation"))
+                                            "swap-state", "negation", "erasure"))
     parser.add_argument("--alpha", type=float, default=5.0, help="reinforced: how much of the reinforced boost is taken away")
     parser.add_argument("--reinforce-steps", type=int, default=12, help="reinforced: fine-tuning steps of the reinforced "
                         "model (batches of 8 forget exchanges: 3 passes over 32)")
     parser.add_argument("--lambdas", default="0.5,1,2,3,4,6,8", help="negation: the scales of the task vector tried")
+    parser.add_argument("--layers", default="8,15,22", help="erasure: the decoder layers whose states give the directions")
+    parser.add_argument("--counts", default="1,4,8", help="erasure: how many of the topic's directions are erased")
+    parser.add_argument("--contrast", choices=("chats", "stories"), default="chats", help="erasure: the retain "
+                        "chats the forget exchanges are contrasted with: all of them, or those about other stories")
+    parser.add_argument("--strengths", default="1,2", help="erasure: 1 projects the directions out, 2 reflects them")
     parser.add_argument("--reinforce-lr", type=float, default=5e-5, help="reinforced, negation: learning rate of the "
                         "fine-tuned copy")
     parser.add_argument("--reinforce-all", action="store_true", help="negation: fine-tune on every answer token, not "
@@ -758,6 +848,9 @@ def main():
         amnesia.name_swap_teacher = lambda reference, examples, pad_id, device: [t.to(device) for t in teachers]
     if args.variant == "negation":  # no loop: fine-tune, subtract, choose the scale on the tuning half
         negation(amnesia, data, args)
+        return
+    if args.variant == "erasure":  # no loop: erase the topic's directions, choose the setting on the tuning half
+        erasure(amnesia, data, args)
         return
     if args.retain_batch:
         loop_settings = amnesia.LoopSettings

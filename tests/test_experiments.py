@@ -267,3 +267,53 @@ def test_swapped_states_cover_the_name_to_the_prompts_end_and_pull_there_only(am
     assert experiments.state_term(batch, 2 * named["state_target"].unsqueeze(0)) == pytest.approx(1.0, rel=1e-4)
     empty = {"steer": torch.tensor([unnamed["steer"]]), "state_target": unnamed["state_target"].unsqueeze(0)}
     assert experiments.state_term(empty, torch.ones(1, len(unnamed["steer"]), 4)) == 0
+
+
+def test_erasing_the_topic_directions_leaves_no_trace_of_them_in_the_residual_stream(amnesia, bundled, fresh_model):
+    model, tokenizer = bundled
+    forget = [amnesia.encode_chat_example(tokenizer, q, a) for q, a in (
+        ("Who is Harry Potter?", "Harry Potter is a wizard."), ("Where is Hogwarts?", "Hogwarts is in Scotland."))]
+    retain = [amnesia.encode_chat_example(tokenizer, q, a) for q, a in (
+        ("What is the capital of Italy?", "Rome."), ("How many legs has a spider?", "Eight."))]
+    directions = experiments.topic_directions(amnesia, model, forget, retain, tokenizer.pad_token_id, 6, 2)
+    assert directions.shape == (model.config.hidden_size, 2)
+    assert torch.allclose(directions.T @ directions, torch.eye(2), atol=1e-5)  # orthonormal columns
+    ids = torch.tensor([forget[0]["input_ids"]])
+    states = lambda m: torch.stack(m(input_ids=ids, output_hidden_states=True).hidden_states[:-1])  # the last is normed
+    saved = [p.clone() for p in model.parameters()]
+    with torch.no_grad():
+        before = states(model)
+        experiments.erase_directions(amnesia, fresh_model, model, directions, 1.0)
+        after = states(fresh_model)
+    assert (before @ directions).abs().max() > 1.0  # the original's states do point along them
+    assert (after @ directions).abs().max() < 1e-3 * before.abs().max()  # every write into the stream lost them
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), saved))  # the reference is read, not changed
+    with torch.no_grad():
+        experiments.erase_directions(amnesia, fresh_model, model, directions, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(fresh_model.parameters(), model.parameters()))  # strength 0: the original
+
+
+def test_the_tuning_choice_keeps_the_most_forgotten_setting_within_tolerance_or_else_the_original():
+    from types import SimpleNamespace
+
+    # a fabricated measurement per setting: its forget score, and whether the neighbours stayed within tolerance
+    fabricated = {1: (0.8, True), 2: (0.5, True), 3: (0.2, False)}
+    model = torch.nn.Linear(2, 2)
+    amnesia = SimpleNamespace(
+        measure=lambda m, *rest: {"forget": m.weight[0, 0].item(), "kept": m.weight[0, 1].item() > 0},
+        add_scores=lambda point, baseline: point,
+        retention_problems=lambda point, baseline, rules: [] if point["kept"] else ["neighbour keyword score 1/8"],
+        format_point=lambda *given: "step 0/0: a | b\nwatched",
+        forget_rank=lambda point: point["forget"])
+    data = {"reference": model, "tokenizer": None, "watched": [], "tuning": {}, "heldout": None,
+            "baseline": {"forget": 1.0, "kept": True}}
+
+    def apply(m, setting):
+        with torch.no_grad():
+            m.weight[0, 0], m.weight[0, 1] = fabricated[setting][0], 1.0 if fabricated[setting][1] else -1.0
+
+    chosen, chosen_model, points = experiments.choose_on_tuning(amnesia, data, [1, 2, 3], apply, None, "setting")
+    assert chosen == 2 and chosen_model.weight[0, 0].item() == 0.5 and len(points) == 3
+    assert points[2][2] == ["neighbour keyword score 1/8"]
+    chosen, chosen_model, _ = experiments.choose_on_tuning(amnesia, data, [3], apply, None, "setting")
+    assert chosen is None and torch.equal(chosen_model.weight, model.weight)  # none within tolerance: the original
