@@ -48,6 +48,8 @@ test figures.
     python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --beta 0.3
     # concept erasure: the topic's mean-difference directions taken out of every residual write, chosen on the tuning half:
     python benchmarks/forgetting_experiments.py erasure --more-retain --layers 8,15,22 --counts 1,4,8 --strengths 1,2
+    # selective pruning: the MLP neurons most specific to the forget exchanges switched off, share chosen on the tuning half:
+    python benchmarks/forgetting_experiments.py pruning --more-retain --fractions 0.005,0.01,0.02,0.04
 """
 import argparse
 import copy
@@ -652,6 +654,80 @@ def negation(amnesia, data, args):
                                                    "fluency_ratio", "accuracy_change", "watched_after")}))
 
 
+@torch.inference_mode()
+def neuron_importance(amnesia, model, forget, retain, pad_id, batch_size=16):
+    """Selective pruning's score (Pochinkov and Schoots 2024): for every MLP neuron (an input of a layer's down
+    projection), its mean absolute activation over the forget exchanges' answer tokens divided by that over the
+    retain chats' answer tokens; one (layers, neurons) tensor. Reads training data only, no probe."""
+    layers = amnesia.decoder_layers(model)
+
+    def mean_activations(examples):
+        totals, count = torch.zeros(len(layers), layers[0].mlp.down_proj.in_features), 0
+        for start in range(0, len(examples), batch_size):
+            batch = amnesia.collate(examples[start:start + batch_size], pad_id, model.device)
+            answer = (batch["labels"] != amnesia.IGNORE).unsqueeze(2).float()
+
+            def add(module, given, k):  # returns None: a pre-hook that returns a value replaces the layer's input
+                totals[k] += (given[0].float().abs() * answer).sum((0, 1)).cpu()
+
+            hooks = [layer.mlp.down_proj.register_forward_pre_hook(lambda module, given, k=k: add(module, given, k))
+                     for k, layer in enumerate(layers)]
+            try:
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            count += answer.sum().item()
+        return totals / count
+
+    return mean_activations(forget) / (mean_activations(retain) + 1e-6)
+
+
+def prune_neurons(amnesia, model, reference, importance, fraction):
+    """Set `model` to the reference with the `fraction` of all MLP neurons that score highest switched off (their
+    column of the down projection zeroed): what they add to the residual stream is gone."""
+    chosen = importance.flatten().topk(round(fraction * importance.numel())).indices
+    with torch.no_grad():
+        for (layer, base) in zip(amnesia.decoder_layers(model), amnesia.decoder_layers(reference)):
+            layer.mlp.down_proj.weight.copy_(base.mlp.down_proj.weight)
+        layers = amnesia.decoder_layers(model)
+        for index in chosen.tolist():
+            layers[index // importance.shape[1]].mlp.down_proj.weight[:, index % importance.shape[1]] = 0
+    return model
+
+
+def pruning(amnesia, data, args):
+    """The `pruning` variant: selective pruning of the neurons most specific to the forget exchanges at each of
+    --fractions, the fraction chosen on the tuning half, the test half reported."""
+    import time
+
+    started = time.time()
+    chats = [e for e in data["retain"] if e["labels"][0] == amnesia.IGNORE]
+    importance = neuron_importance(amnesia, data["reference"], data["forget"], chats, data["tokenizer"].pad_token_id)
+    top = importance.flatten().topk(10)
+    print(f"neuron scores: median {importance.median():.2f}, top ten " + ", ".join(
+        f"layer {i // importance.shape[1]} #{i % importance.shape[1]} {v:.1f}" for v, i in zip(top.values.tolist(), top.indices.tolist())),
+        flush=True)
+    fractions = [float(x) for x in args.fractions.split(",")]
+    chosen, model, points = choose_on_tuning(amnesia, data, fractions,
+                                             lambda m, f: prune_neurons(amnesia, m, data["reference"], importance, f),
+                                             amnesia.StopRules(), "fraction pruned")
+    report_choice(amnesia, data, args, chosen, model, points, time.time() - started)
+
+
+def report_choice(amnesia, data, args, chosen, model, points, seconds):
+    """The end of a variant chosen on the tuning half: its candidates (--candidates), the test half, one JSON line."""
+    if args.candidates:
+        print_candidates(amnesia, data, model)
+    result = {"chosen": chosen, "seconds": seconds,
+              "tuning": {str(s): {**p["counts"], "out_of_tolerance": problems} for s, p, problems in points},
+              **sweep.test_figures(amnesia, data, model)}
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1))
+    print(json.dumps({key: result[key] for key in ("chosen", "seconds", "test", "test_forget_by_kind",
+                                                   "fluency_ratio", "accuracy_change", "watched_after")}))
+
+
 def erasure(amnesia, data, args):
     """The `erasure` variant: the topic's directions (topic_directions) at each of --layers, the first --counts of them
     erased at each of --strengths (erase_directions), the setting chosen on the tuning half, the test half reported."""
@@ -673,22 +749,13 @@ def erasure(amnesia, data, args):
     chosen, model, points = choose_on_tuning(
         amnesia, data, settings, lambda m, s: erase_directions(amnesia, m, data["reference"], directions[s[0]][:, :s[1]], s[2]),
         amnesia.StopRules(), "layer, directions, strength")
-    seconds = time.time() - started
-    if args.candidates:
-        print_candidates(amnesia, data, model)
-    result = {"chosen": chosen, "seconds": seconds,
-              "tuning": {str(s): {**p["counts"], "out_of_tolerance": problems} for s, p, problems in points},
-              **sweep.test_figures(amnesia, data, model)}
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=1))
-    print(json.dumps({key: result[key] for key in ("chosen", "seconds", "test", "test_forget_by_kind",
-                                                   "fluency_ratio", "accuracy_change", "watched_after")}))
+    report_choice(amnesia, data, args, chosen, model, points, time.time() - started)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", choices=("more-facts", "longer", "rmu-question", "unmark", "reinforced", "more-retain",
-                                            "swap-state", "negation", "erasure"))
+                                            "swap-state", "negation", "erasure", "pruning"))
     parser.add_argument("--alpha", type=float, default=5.0, help="reinforced: how much of the reinforced boost is taken away")
     parser.add_argument("--reinforce-steps", type=int, default=12, help="reinforced: fine-tuning steps of the reinforced "
                         "model (batches of 8 forget exchanges: 3 passes over 32)")
@@ -698,6 +765,8 @@ def main():
     parser.add_argument("--contrast", choices=("chats", "stories"), default="chats", help="erasure: the retain "
                         "chats the forget exchanges are contrasted with: all of them, or those about other stories")
     parser.add_argument("--strengths", default="1,2", help="erasure: 1 projects the directions out, 2 reflects them")
+    parser.add_argument("--fractions", default="0.005,0.01,0.02,0.04", help="pruning: the shares of all MLP neurons "
+                        "switched off")
     parser.add_argument("--reinforce-lr", type=float, default=5e-5, help="reinforced, negation: learning rate of the "
                         "fine-tuned copy")
     parser.add_argument("--reinforce-all", action="store_true", help="negation: fine-tune on every answer token, not "
@@ -851,6 +920,9 @@ def main():
         return
     if args.variant == "erasure":  # no loop: erase the topic's directions, choose the setting on the tuning half
         erasure(amnesia, data, args)
+        return
+    if args.variant == "pruning":  # no loop: switch off the topic's neurons, choose the share on the tuning half
+        pruning(amnesia, data, args)
         return
     if args.retain_batch:
         loop_settings = amnesia.LoopSettings

@@ -317,3 +317,34 @@ def test_the_tuning_choice_keeps_the_most_forgotten_setting_within_tolerance_or_
     assert points[2][2] == ["neighbour keyword score 1/8"]
     chosen, chosen_model, _ = experiments.choose_on_tuning(amnesia, data, [3], apply, None, "setting")
     assert chosen is None and torch.equal(chosen_model.weight, model.weight)  # none within tolerance: the original
+
+
+def test_pruning_switches_off_exactly_the_top_neurons_and_scores_them_by_their_activations(amnesia, bundled, fresh_model):
+    model, tokenizer = bundled
+    layers = amnesia.decoder_layers(model)
+    importance = torch.zeros(len(layers), layers[0].mlp.down_proj.in_features)
+    importance[2, 7], importance[5, 0], importance[5, 11] = 3.0, 2.0, 1.0
+    experiments.prune_neurons(amnesia, fresh_model, model, importance, 3 / importance.numel())
+    for k, (pruned, original) in enumerate(zip(amnesia.decoder_layers(fresh_model), layers)):
+        zeroed = {(k, c) for c in range(importance.shape[1]) if not pruned.mlp.down_proj.weight[:, c].any()}
+        assert zeroed == {(2, 7), (5, 0), (5, 11)} & {(k, c) for c in range(importance.shape[1])}
+    experiments.prune_neurons(amnesia, fresh_model, model, importance, 1 / importance.numel())  # a smaller share
+    assert not all(torch.equal(a, b) for a, b in zip(fresh_model.parameters(), model.parameters()))
+    assert torch.equal(amnesia.decoder_layers(fresh_model)[5].mlp.down_proj.weight, layers[5].mlp.down_proj.weight)
+    assert not amnesia.decoder_layers(fresh_model)[2].mlp.down_proj.weight[:, 7].any()  # only the top one stays off
+
+    forget = [amnesia.encode_chat_example(tokenizer, "Who is Harry Potter?", "Harry Potter is a wizard.")]
+    retain = [amnesia.encode_chat_example(tokenizer, "What is the capital of Italy?", "Rome is the capital.")]
+    scores = experiments.neuron_importance(amnesia, model, forget, retain, tokenizer.pad_token_id)
+    assert scores.shape == importance.shape and not any(l.mlp.down_proj._forward_pre_hooks for l in layers)
+
+    def by_hand(example, layer=3):  # the down projection's input, averaged over the answer tokens
+        captured = []
+        hook = layers[layer].mlp.down_proj.register_forward_pre_hook(lambda m, given: captured.append(given[0]))
+        with torch.no_grad():
+            model(input_ids=torch.tensor([example["input_ids"]]))
+        hook.remove()
+        answer = torch.tensor([t != amnesia.IGNORE for t in example["labels"]])
+        return captured[0][0, answer].abs().mean(0)
+
+    assert torch.allclose(scores[3], by_hand(forget[0]) / (by_hand(retain[0]) + 1e-6), rtol=1e-3)
