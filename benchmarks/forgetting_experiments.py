@@ -50,6 +50,8 @@ test figures.
     python benchmarks/forgetting_experiments.py erasure --more-retain --layers 8,15,22 --counts 1,4,8 --strengths 1,2
     # selective pruning: the MLP neurons most specific to the forget exchanges switched off, share chosen on the tuning half:
     python benchmarks/forgetting_experiments.py pruning --more-retain --fractions 0.005,0.01,0.02,0.04
+    # ... and the default loop started from the pruned weights:
+    python benchmarks/forgetting_experiments.py more-retain --lr 1e-4 --prune 0.001 --show-lost
 """
 import argparse
 import copy
@@ -767,6 +769,8 @@ def main():
     parser.add_argument("--strengths", default="1,2", help="erasure: 1 projects the directions out, 2 reflects them")
     parser.add_argument("--fractions", default="0.005,0.01,0.02,0.04", help="pruning: the shares of all MLP neurons "
                         "switched off")
+    parser.add_argument("--prune", type=float, default=0.0, help="any loop variant: start the loop from the original "
+                        "with this share of the MLP neurons most specific to the forget exchanges switched off")
     parser.add_argument("--reinforce-lr", type=float, default=5e-5, help="reinforced, negation: learning rate of the "
                         "fine-tuned copy")
     parser.add_argument("--reinforce-all", action="store_true", help="negation: fine-tune on every answer token, not "
@@ -939,6 +943,14 @@ def main():
     if args.overlap:
         measure = amnesia.measure
         amnesia.measure = lambda *given, **named: measured.append(measure(*given, **named)) or measured[-1]
+    if args.prune:  # the loop starts from the pruned weights; its targets still come from the original (the reference)
+        chats = [e for e in data["retain"] if e["labels"][0] == amnesia.IGNORE]
+        importance = neuron_importance(amnesia, data["reference"], data["forget"], chats, data["tokenizer"].pad_token_id)
+        unpruned = amnesia.run_unlearning
+        amnesia.run_unlearning = lambda model, reference, *given, **named: unpruned(
+            prune_neurons(amnesia, model, reference, importance, args.prune), reference, *given, **named)
+        print(f"the loop starts with {round(args.prune * importance.numel())} of {importance.numel()} MLP neurons "
+              "switched off (they may regrow)", flush=True)
     histories, unlearned = [], []  # the loop's own history (the answers each evaluation point gave) and its model
     run_unlearning = amnesia.run_unlearning
     amnesia.run_unlearning = lambda *given, **named: (unlearned.append(given[0]), histories.append(
