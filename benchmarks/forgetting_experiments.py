@@ -656,6 +656,12 @@ def negation(amnesia, data, args):
                                                    "fluency_ratio", "accuracy_change", "watched_after")}))
 
 
+def retain_chats(amnesia, data):
+    """The encoded retain chats (their prompts unlabelled), without the plain retain texts: the forget set is chats too,
+    so a contrast between the two is one of topic, not of format."""
+    return [e for e in data["retain"] if e["labels"][0] == amnesia.IGNORE]
+
+
 @torch.inference_mode()
 def neuron_importance(amnesia, model, forget, retain, pad_id, batch_size=16):
     """Selective pruning's score (Pochinkov and Schoots 2024): for every MLP neuron (an input of a layer's down
@@ -704,7 +710,7 @@ def pruning(amnesia, data, args):
     import time
 
     started = time.time()
-    chats = [e for e in data["retain"] if e["labels"][0] == amnesia.IGNORE]
+    chats = retain_chats(amnesia, data)
     importance = neuron_importance(amnesia, data["reference"], data["forget"], chats, data["tokenizer"].pad_token_id)
     top = importance.flatten().topk(10)
     print(f"neuron scores: median {importance.median():.2f}, top ten " + ", ".join(
@@ -743,7 +749,7 @@ def erasure(amnesia, data, args):
         kept, _ = amnesia.drop_leaking_retain(generated, data["probes"], data["topic"].keywords)
         chats = amnesia.encode_texts_and_chats(data["tokenizer"], (), kept)
     else:  # every retain chat, as the forget set is chats: the contrast is the topic, not the format
-        chats = [e for e in data["retain"] if e["labels"][0] == amnesia.IGNORE]
+        chats = retain_chats(amnesia, data)
     print(f"directions: {len(data['forget'])} forget exchanges against {len(chats)} retain chats", flush=True)
     directions = {layer: topic_directions(amnesia, data["reference"], data["forget"], chats, pad_id, layer,
                                           max(counts)) for layer in (int(x) for x in args.layers.split(","))}
@@ -944,7 +950,7 @@ def main():
         measure = amnesia.measure
         amnesia.measure = lambda *given, **named: measured.append(measure(*given, **named)) or measured[-1]
     if args.prune:  # the loop starts from the pruned weights; its targets still come from the original (the reference)
-        chats = [e for e in data["retain"] if e["labels"][0] == amnesia.IGNORE]
+        chats = retain_chats(amnesia, data)
         importance = neuron_importance(amnesia, data["reference"], data["forget"], chats, data["tokenizer"].pad_token_id)
         unpruned = amnesia.run_unlearning
         amnesia.run_unlearning = lambda model, reference, *given, **named: unpruned(
