@@ -59,6 +59,7 @@ import dataclasses
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -628,8 +629,6 @@ def lost_answers(history, probe_sets):
 def negation(amnesia, data, args):
     """The `negation` variant: a copy fine-tuned on the forget exchanges (their marked tokens unless --reinforce-all),
     its task vector subtracted at each of --lambdas, the scale chosen on the tuning half, the test half reported."""
-    import time
-
     import transformers
 
     transformers.set_seed(args.seed)
@@ -644,16 +643,7 @@ def negation(amnesia, data, args):
           f"{'every answer token' if args.reinforce_all else 'the marked tokens'}, norm {norm:.4f}", flush=True)
     scales = [float(x) for x in args.lambdas.split(",")]
     scale, model, points = choose_negation(amnesia, data, vector, scales, amnesia.StopRules())
-    seconds = time.time() - started
-    if args.candidates:
-        print_candidates(amnesia, data, model)
-    result = {"chosen_lambda": scale, "seconds": seconds,
-              "tuning": {f"{s:g}": {**p["counts"], "out_of_tolerance": problems} for s, p, problems in points},
-              **sweep.test_figures(amnesia, data, model)}
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=1))
-    print(json.dumps({key: result[key] for key in ("chosen_lambda", "seconds", "test", "test_forget_by_kind",
-                                                   "fluency_ratio", "accuracy_change", "watched_after")}))
+    report_choice(amnesia, data, args, scale, model, points, time.time() - started, key="chosen_lambda")
 
 
 def retain_chats(amnesia, data):
@@ -707,8 +697,6 @@ def prune_neurons(amnesia, model, reference, importance, fraction):
 def pruning(amnesia, data, args):
     """The `pruning` variant: selective pruning of the neurons most specific to the forget exchanges at each of
     --fractions, the fraction chosen on the tuning half, the test half reported."""
-    import time
-
     started = time.time()
     chats = retain_chats(amnesia, data)
     importance = neuron_importance(amnesia, data["reference"], data["forget"], chats, data["tokenizer"].pad_token_id)
@@ -723,24 +711,24 @@ def pruning(amnesia, data, args):
     report_choice(amnesia, data, args, chosen, model, points, time.time() - started)
 
 
-def report_choice(amnesia, data, args, chosen, model, points, seconds):
-    """The end of a variant chosen on the tuning half: its candidates (--candidates), the test half, one JSON line."""
+def report_choice(amnesia, data, args, chosen, model, points, seconds, key="chosen"):
+    """The end of a variant chosen on the tuning half: its candidates (--candidates), the test half, one JSON line
+    (the chosen setting under `key`)."""
     if args.candidates:
         print_candidates(amnesia, data, model)
-    result = {"chosen": chosen, "seconds": seconds,
-              "tuning": {str(s): {**p["counts"], "out_of_tolerance": problems} for s, p, problems in points},
+    result = {key: chosen, "seconds": seconds,
+              "tuning": {f"{s:g}" if isinstance(s, float) else str(s): {**p["counts"], "out_of_tolerance": problems}
+                         for s, p, problems in points},
               **sweep.test_figures(amnesia, data, model)}
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1))
-    print(json.dumps({key: result[key] for key in ("chosen", "seconds", "test", "test_forget_by_kind",
-                                                   "fluency_ratio", "accuracy_change", "watched_after")}))
+    print(json.dumps({name: result[name] for name in (key, "seconds", "test", "test_forget_by_kind",
+                                                      "fluency_ratio", "accuracy_change", "watched_after")}))
 
 
 def erasure(amnesia, data, args):
     """The `erasure` variant: the topic's directions (topic_directions) at each of --layers, the first --counts of them
     erased at each of --strengths (erase_directions), the setting chosen on the tuning half, the test half reported."""
-    import time
-
     started, pad_id = time.time(), data["tokenizer"].pad_token_id
     counts, strengths = [int(x) for x in args.counts.split(",")], [float(x) for x in args.strengths.split(",")]
     if args.contrast == "stories":  # the retain chats about other stories: the contrast is this story, not fiction
@@ -956,7 +944,8 @@ def main():
         amnesia.run_unlearning = lambda model, reference, *given, **named: unpruned(
             prune_neurons(amnesia, model, reference, importance, args.prune), reference, *given, **named)
         print(f"the loop starts with {round(args.prune * importance.numel())} of {importance.numel()} MLP neurons "
-              "switched off (they may regrow)", flush=True)
+              "switched off (they may regrow); its step-0 point is the original's measurement, so a kept step 0 means "
+              "the pruned start, whose figures are the test half's below", flush=True)
     histories, unlearned = [], []  # the loop's own history (the answers each evaluation point gave) and its model
     run_unlearning = amnesia.run_unlearning
     amnesia.run_unlearning = lambda *given, **named: (unlearned.append(given[0]), histories.append(

@@ -286,7 +286,9 @@ def test_erasing_the_topic_directions_leaves_no_trace_of_them_in_the_residual_st
         experiments.erase_directions(amnesia, fresh_model, model, directions, 1.0)
         after = states(fresh_model)
     assert (before @ directions).abs().max() > 1.0  # the original's states do point along them
-    assert (after @ directions).abs().max() < 1e-3 * before.abs().max()  # every write into the stream lost them
+    # every write into the stream lost them: what is left is float rounding (states reach 25,000 here); leaving out the
+    # embeddings alone leaves 0.5, the attention outputs 148
+    assert (after @ directions).abs().max() < 1e-5 * before.abs().max()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), saved))  # the reference is read, not changed
     with torch.no_grad():
         experiments.erase_directions(amnesia, fresh_model, model, directions, 0.0)
@@ -325,7 +327,7 @@ def test_pruning_switches_off_exactly_the_top_neurons_and_scores_them_by_their_a
     importance = torch.zeros(len(layers), layers[0].mlp.down_proj.in_features)
     importance[2, 7], importance[5, 0], importance[5, 11] = 3.0, 2.0, 1.0
     experiments.prune_neurons(amnesia, fresh_model, model, importance, 3 / importance.numel())
-    for k, (pruned, original) in enumerate(zip(amnesia.decoder_layers(fresh_model), layers)):
+    for k, pruned in enumerate(amnesia.decoder_layers(fresh_model)):
         zeroed = {(k, c) for c in range(importance.shape[1]) if not pruned.mlp.down_proj.weight[:, c].any()}
         assert zeroed == {(2, 7), (5, 0), (5, 11)} & {(k, c) for c in range(importance.shape[1])}
     experiments.prune_neurons(amnesia, fresh_model, model, importance, 1 / importance.numel())  # a smaller share
