@@ -18,8 +18,7 @@ def test_target_longer_than_the_context_is_refused(amnesia, bundled):
     amnesia.check_fits_context([amnesia.encode_chat_example(tokenizer, QUESTION, "A wizard.")], 2048)
 
 
-def test_unreachable_model_id_and_non_model_folder(amnesia, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_unreachable_model_id_and_non_model_folder(amnesia, tmp_path):
     with pytest.raises(amnesia.AmnesiaError, match="Could not load the model 'no-such-org/no-such-model'"):
         amnesia.load_model_and_tokenizer("no-such-org/no-such-model", "cpu")
     (tmp_path / "notes.txt").write_text("not a model")
