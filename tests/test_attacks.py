@@ -25,6 +25,16 @@ def test_relearning_groups_are_disjoint_and_outside_the_forget_set(amnesia, topi
         assert not any(re.search(r"\b" + re.escape(a.answer), probe.question, re.I) for a in group_a)
 
 
+def test_a_custom_topic_is_refused_by_the_attacks_with_a_reason_before_any_work(amnesia):
+    """A custom topic has no multiple-choice facts: the relearning groups would be empty. The attacks must say so, not
+    fail inside a fine-tuning run with an empty batch; the check comes first, so no model is needed to reach it."""
+    topic = amnesia.resolve_topic("custom", "Who is Sherlock Holmes?", "Sherlock Holmes is a detective in London.",
+                                  amnesia.TOPIC_PRESETS)
+    assert amnesia.relearning_split(topic) == ([], [])
+    with pytest.raises(amnesia.AmnesiaError, match="multiple-choice facts"):
+        amnesia.run_attacks(None, None, None, [], [], topic, ())
+
+
 def test_recovered_fraction_on_fabricated_counts(amnesia):
     assert amnesia.recovered_fraction(original=20, unlearned=8, attacked=14) == pytest.approx(0.5)
     assert amnesia.recovered_fraction(20, 8, 8) == 0.0

@@ -335,6 +335,23 @@ def test_the_professors_answers_read_the_numbers(amnesia):
         assert conclusion in answer
 
 
+def test_the_professors_answers_for_a_topic_without_probes_point_at_the_watched_answer(amnesia):
+    """A custom topic has no multiple-choice facts: 0/0 must not read as "well above chance", and skipped attacks must
+    not be blamed on RUN_ATTACKS."""
+    metrics = fabricated_metrics(0, attacks=False)
+    metrics["test"]["counts_after"]["forget"] = {"keyword": [0, 0], "likelihood": [0, 0]}
+    metrics["test"]["forget_by_kind"] = {"paraphrase": {"likelihood": [0, 0]}, "unseen": {"likelihood": [0, 0]}}
+    metrics.update(config={"RUN_ATTACKS": True}, baseline_answer="A detective in London.", final_answer="A man of mystery.")
+    answers = dict(amnesia.professor_answers(metrics))
+    first = answers["Has it forgotten, or does it only avoid the words?"]
+    assert "No probe of this topic's facts" in first and "'A detective in London.'" in first and "'A man of mystery.'" in first
+    assert "chance" not in first
+    assert answers["Did it forget the topic, or only the sentences it was trained on?"].startswith("Not measured")
+    assert "multiple-choice facts" in answers["Is the knowledge removed, or suppressed?"]
+    metrics["config"]["RUN_ATTACKS"] = False
+    assert "RUN_ATTACKS is off" in dict(amnesia.professor_answers(metrics))["Is the knowledge removed, or suppressed?"]
+
+
 def test_the_ablation_is_compared_at_the_same_step_and_at_the_same_forget_score(amnesia):
     point = lambda step, forget: {"step": step, "scores": {"forget": {"likelihood": forget}}}
     main = {"evals": [point(0, 1.0), point(10, 0.8), point(20, 0.6), point(30, 0.45), point(40, 0.44)]}

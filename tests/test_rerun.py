@@ -45,3 +45,26 @@ def test_running_the_loop_cell_twice_gives_the_same_run_and_every_cell_runs_afte
     assert first == second  # not a continuation of the first run: the same losses, answers and kept step
     metrics = json.loads((tmp_path / "metrics.json").read_text())  # written by the last cells, after the second run
     assert metrics["config"]["TOPIC"] == "The Beatles" and len(metrics["steps"]) == 2
+
+
+CUSTOM = {"AMNESIA_MODEL": "bundled", "AMNESIA_TOPIC": "custom", "AMNESIA_FORGET_QUESTION": "Who is Sherlock Holmes?",
+          "AMNESIA_FORGET_TARGET": "Sherlock Holmes is a detective in London created by Arthur Conan Doyle.",
+          "AMNESIA_CONTINUE_IF_UNKNOWN": "1", "AMNESIA_MAX_STEPS": "1", "AMNESIA_EVAL_EVERY": "1",
+          "AMNESIA_RUN_ABLATION": "0", "AMNESIA_ATTACK_STEPS": "2"}
+
+
+def test_a_custom_topic_runs_every_cell_and_says_what_it_cannot_measure(tmp_path):
+    """A custom topic is one question and one target, with automatic marks and no multiple-choice facts: every cell
+    must still run, the attacks must be skipped with a reason, and the professor's answers must not read 0/0 as a
+    verdict."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    with environment({**CUSTOM, "AMNESIA_OUTPUT_DIR": str(tmp_path)}):
+        NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    printed = "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                        for output in cell.outputs)
+    assert "[Sherlock Holmes]" in printed  # the automatic marks, shown
+    assert "Attacks skipped: they need the topic's multiple-choice facts" in printed
+    assert "No probe of this topic's facts was measured" in printed
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["TOPIC"] == "custom" and metrics["attacks"] is None and len(metrics["steps"]) == 1
+    assert metrics["test"]["counts_after"]["forget"] == {"keyword": [0, 0], "likelihood": [0, 0]}
