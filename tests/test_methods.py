@@ -344,7 +344,7 @@ def test_the_professors_answers_for_a_topic_without_probes_point_at_the_watched_
     metrics.update(config={"RUN_ATTACKS": True}, baseline_answer="A detective in London.", final_answer="A man of mystery.")
     answers = dict(amnesia.professor_answers(metrics))
     first = answers["Has it forgotten, or does it only avoid the words?"]
-    assert "No probe of this topic's facts" in first and "'A detective in London.'" in first and "'A man of mystery.'" in first
+    assert "knew none of the probed facts" in first and "'A detective in London.'" in first and "'A man of mystery.'" in first
     assert "chance" not in first
     assert answers["Did it forget the topic, or only the sentences it was trained on?"].startswith("Not measured")
     assert "multiple-choice facts" in answers["Is the knowledge removed, or suppressed?"]

@@ -64,7 +64,7 @@ def test_a_custom_topic_runs_every_cell_and_says_what_it_cannot_measure(tmp_path
                         for output in cell.outputs)
     assert "[Sherlock Holmes]" in printed  # the automatic marks, shown
     assert "Attacks skipped: they need the topic's multiple-choice facts" in printed
-    assert "No probe of this topic's facts was measured" in printed
+    assert "The original knew none of the probed facts" in printed
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["config"]["TOPIC"] == "custom" and metrics["attacks"] is None and len(metrics["steps"]) == 1
     assert metrics["test"]["counts_after"]["forget"] == {"keyword": [0, 0], "likelihood": [0, 0]}
