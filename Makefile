@@ -31,10 +31,11 @@ run: install
 
 # The unit tests, then every cell with nbval on the default settings, recording what each cell showed, then the
 # end-to-end assertions on that same run (tests/test_end_to_end.py executes the notebook itself when run alone).
-# The unit tests run in two halves side by side, half the cores each: the notebook on a 2-step budget run twice, and
-# once on a custom topic (test_rerun.py), and all the others. They gain little from a second thread (on 2 cores, test_rerun.py took 287 s
-# with one and 247 s with two), while the default run's training steps gain nearly twofold, so nbval keeps all the
-# cores. The bundled model's conversion and retain answers are cached first: the halves must not write them at once.
+# The unit tests run in two halves side by side, half the cores each: the notebook on a 2-step budget run twice, then
+# on a custom topic (test_rerun.py), and all the others. They gain little from a second thread (on 2 cores, the first
+# test of test_rerun.py took 287 s with one and 247 s with two), while the default run's training steps gain nearly
+# twofold, so nbval keeps all the cores. The bundled model's conversion and retain answers are cached first: the
+# halves must not write them at once.
 JOB_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
 
 test: install
